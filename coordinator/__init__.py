@@ -1,0 +1,1 @@
+"""The coordinator: authenticated gRPC service that sums ciphertexts it cannot read."""

@@ -1,0 +1,466 @@
+"""Federation state machine: keys relay, rounds, validation and homomorphic sums.
+
+Transport-free (no grpc): the servicer authenticates the peer and passes its id in.
+The coordinator holds only the *public* CKKS context: it can add ciphertexts and
+check their shape, never decrypt.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+
+import tenseal
+
+from privacy import ckks, keyshare, payload
+from privacy.errors import CkksParameterMismatchError, CryptoError, KeyShareError
+
+from .config import CoordinatorConfig
+from .errors import (
+    BindingMismatchError,
+    ConflictError,
+    InvalidContributionError,
+    NotAllowedError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    RoundClosedError,
+)
+from .store import RoundRow, Store, now
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "fedctx.v1"
+ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+KINDS = frozenset({"context_vector", "coefficient_update", "adapter_update", "vector_sum"})
+OPEN, CLOSED, FAILED = "open", "closed", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A contribution's binding fields (parsed from the wire by the servicer)."""
+
+    federation_id: str
+    round_id: str
+    model_fingerprint: str
+    layer_map_fingerprint: str
+    ckks_context_fingerprint: str
+    vector_length: int
+    num_ciphertexts: int
+    payload_bytes: int
+    payload_sha256: bytes
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a participant gets back for an accepted contribution."""
+
+    round_id: str
+    payload_sha256: bytes
+    duplicate: bool
+    contributions: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStatus:
+    """Public state of a round."""
+
+    round_id: str
+    state: str
+    contributions: int
+    quorum: int
+    deadline_unix_s: float
+    vector_length: int
+    aggregate_sha256: bytes
+    contributed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """The encrypted sum of a closed round (framed ciphertexts)."""
+
+    round_id: str
+    contributions: int
+    vector_length: int
+    num_ciphertexts: int
+    payload: bytes
+    payload_sha256: bytes
+    ckks_context_fingerprint: str
+    kind: str
+
+
+class Aggregator:
+    """All coordinator behaviour, persisted in a :class:`Store`."""
+
+    def __init__(self, config: CoordinatorConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self._lock = threading.RLock()
+        self._public_context: tenseal.Context | None = None
+        self._slots = 0
+        stored_fed = store.get_meta("federation_id")
+        if stored_fed is not None and stored_fed != config.federation_id:
+            raise BindingMismatchError(
+                f"state dir {store.state_dir} belongs to federation {stored_fed!r}, "
+                f"not {config.federation_id!r}"
+            )
+        with store.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('federation_id', ?)", (config.federation_id,)
+            )
+        ctx_digest = store.get_meta("public_context_blob")
+        if ctx_digest is not None:
+            self._load_public_context(store.get_blob(ctx_digest))
+        self.tick()
+
+    # -- helpers -------------------------------------------------------------------
+    def _load_public_context(self, data: bytes) -> None:
+        self._public_context = ckks.load_public_context(data)
+        self._slots = ckks.slot_count(self._public_context)
+
+    def _require_member(self, peer_id: str) -> None:
+        if peer_id not in self.config.roster:
+            raise NotAllowedError(f"peer {peer_id!r} is not in federation's roster")
+
+    def pinned(self, key: str) -> str:
+        """A pinned binding (operator config wins over the keyholder's value)."""
+        configured = getattr(self.config, key, "")
+        return configured or (self.store.get_meta(key) or "")
+
+    # -- federation ---------------------------------------------------------------
+    def federation_info(self) -> dict[str, object]:
+        """Public federation parameters and round summaries."""
+        self.tick()
+        rounds = [
+            (r.round_id, r.state, len(self.store.contributions(r.round_id)))
+            for r in self.store.list_rounds()
+        ]
+        return {
+            "federation_id": self.config.federation_id,
+            "roster": list(self.config.roster),
+            "keyholder_id": self.config.keyholder_id,
+            "quorum": self.config.quorum,
+            "round_timeout_s": self.config.round_timeout_s,
+            "ckks_context_fingerprint": self.store.get_meta("ckks_context_fingerprint") or "",
+            "ckks_params_fingerprint": self.store.get_meta("ckks_params_fingerprint") or "",
+            "model_fingerprint": self.pinned("model_fingerprint"),
+            "layer_map_fingerprint": self.pinned("layer_map_fingerprint"),
+            "max_payload_bytes": self.config.max_payload_bytes,
+            "chunk_bytes": self.config.chunk_bytes,
+            "protocol_version": PROTOCOL_VERSION,
+            "rounds": rounds,
+        }
+
+    # -- keys ---------------------------------------------------------------------
+    def announce_key(
+        self, peer_id: str, *, federation_id: str, x25519_public: bytes, signature: bytes,
+        certificate_pem: str, peer_certificate_pem: str,
+    ) -> None:
+        """Record a participant's signed X25519 key (verified against the CA)."""
+        self._require_member(peer_id)
+        if federation_id != self.config.federation_id:
+            raise BindingMismatchError(f"federation {federation_id!r} is not served here")
+        if _normalise_pem(certificate_pem) != _normalise_pem(peer_certificate_pem):
+            raise NotAllowedError("announced certificate differs from the TLS client certificate")
+        try:
+            keyshare.verify_key_announcement(
+                federation_id=federation_id, participant_id=peer_id,
+                x25519_public=x25519_public, signature=signature,
+                certificate_pem=certificate_pem.encode(),
+                ca_certificate_pem=self.config.tls_ca.read_bytes(),
+            )
+        except KeyShareError as exc:
+            raise InvalidContributionError(f"key announcement rejected: {exc}") from exc
+        with self._lock, self.store.transaction() as db:
+            row = db.execute(
+                "SELECT x25519_public FROM key_announcements WHERE participant_id = ?", (peer_id,)
+            ).fetchone()
+            if row is not None and bytes(row[0]) != x25519_public:
+                if self.store.get_meta("ckks_context_fingerprint"):
+                    raise ConflictError(
+                        "keys were already sealed to a different announced key; "
+                        "start a new federation to rotate keys"
+                    )
+            db.execute(
+                "INSERT OR REPLACE INTO key_announcements VALUES (?, ?, ?, ?, ?)",
+                (peer_id, x25519_public, signature, certificate_pem, now()),
+            )
+        logger.info("[Aggregator.announce_key] participant=%s", peer_id)
+
+    def key_announcements(self, peer_id: str) -> list[tuple[str, bytes, bytes, str]]:
+        """Every announcement (public keys and certificates are not secret)."""
+        self._require_member(peer_id)
+        rows = self.store.query(
+            "SELECT participant_id, x25519_public, signature, certificate_pem "
+            "FROM key_announcements ORDER BY participant_id"
+        )
+        return [(str(a), bytes(b), bytes(c), str(d)) for a, b, c, d in rows]  # type: ignore[arg-type]
+
+    def publish_keys(
+        self, peer_id: str, *, federation_id: str, public_context: bytes,
+        ckks_params_fingerprint: str, model_fingerprint: str, layer_map_fingerprint: str,
+        sealed_keys: dict[str, bytes],
+    ) -> str:
+        """Accept the keyholder's public context and sealed secret contexts."""
+        self._require_member(peer_id)
+        if peer_id != self.config.keyholder_id:
+            raise NotAllowedError(f"only the keyholder {self.config.keyholder_id!r} publishes keys")
+        if federation_id != self.config.federation_id:
+            raise BindingMismatchError(f"federation {federation_id!r} is not served here")
+        try:
+            context = ckks.load_public_context(public_context)
+        except CryptoError as exc:
+            raise InvalidContributionError(f"public context rejected: {exc}") from exc
+        fingerprint = ckks.context_fingerprint(public_context)
+        expected = set(self.config.roster) - {self.config.keyholder_id}
+        if set(sealed_keys) != expected:
+            raise InvalidContributionError(
+                f"sealed keys must cover exactly {sorted(expected)}, got {sorted(sealed_keys)}"
+            )
+        for key in ("model_fingerprint", "layer_map_fingerprint"):
+            configured = getattr(self.config, key)
+            given = {"model_fingerprint": model_fingerprint,
+                     "layer_map_fingerprint": layer_map_fingerprint}[key]
+            if configured and configured != given:
+                raise BindingMismatchError(f"{key} differs from the operator's pin")
+        with self._lock:
+            existing = self.store.get_meta("ckks_context_fingerprint")
+            if existing is not None:
+                if existing == fingerprint:
+                    return existing
+                raise ConflictError("keys were already published for this federation")
+            ctx_blob = self.store.put_blob(public_context)
+            sealed_digests = {rid: self.store.put_blob(b) for rid, b in sealed_keys.items()}
+            with self.store.transaction() as db:
+                for k, v in (
+                    ("public_context_blob", ctx_blob),
+                    ("ckks_context_fingerprint", fingerprint),
+                    ("ckks_params_fingerprint", ckks_params_fingerprint),
+                    ("model_fingerprint", model_fingerprint),
+                    ("layer_map_fingerprint", layer_map_fingerprint),
+                ):
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
+                for rid, digest in sealed_digests.items():
+                    db.execute("INSERT OR REPLACE INTO sealed_keys VALUES (?, ?)", (rid, digest))
+            self._public_context = context
+            self._slots = ckks.slot_count(context)
+        logger.info("[Aggregator.publish_keys] keyholder=%s recipients=%d", peer_id, len(sealed_keys))
+        return fingerprint
+
+    def fetch_sealed_key(self, peer_id: str) -> tuple[str, str, str, bytes]:
+        """The caller's own sealed key: ``(keyholder, keyholder cert, ctx fp, blob)``."""
+        self._require_member(peer_id)
+        if peer_id == self.config.keyholder_id:
+            raise NotFoundError("the keyholder has no sealed key: it created the context")
+        fingerprint = self.store.get_meta("ckks_context_fingerprint")
+        rows = self.store.query(
+            "SELECT blob_sha256 FROM sealed_keys WHERE recipient_id = ?", (peer_id,)
+        )
+        cert = self.store.query(
+            "SELECT certificate_pem FROM key_announcements WHERE participant_id = ?",
+            (self.config.keyholder_id,),
+        )
+        if fingerprint is None or not rows or not cert:
+            raise NotReadyError("the keyholder has not published keys yet")
+        return (
+            self.config.keyholder_id, str(cert[0][0]), fingerprint,
+            self.store.get_blob(str(rows[0][0])),
+        )
+
+    # -- rounds ---------------------------------------------------------------------
+    def check_header(self, peer_id: str, header: Header) -> None:
+        """Validate a header before its payload is received (cheap, early rejection)."""
+        self._require_member(peer_id)
+        if self._public_context is None:
+            raise NotReadyError("keys are not published yet; no round can accept contributions")
+        if header.federation_id != self.config.federation_id:
+            raise BindingMismatchError(f"federation {header.federation_id!r} is not served here")
+        if not ROUND_ID.match(header.round_id):
+            raise InvalidContributionError(f"round id {header.round_id!r} is not valid")
+        if header.kind not in KINDS:
+            raise InvalidContributionError(f"kind must be one of {sorted(KINDS)}")
+        for key in ("model_fingerprint", "layer_map_fingerprint"):
+            if getattr(header, key) != self.pinned(key):
+                raise BindingMismatchError(f"{key} does not match the federation's")
+        if header.ckks_context_fingerprint != self.store.get_meta("ckks_context_fingerprint"):
+            raise InvalidContributionError(
+                "contribution is bound to a different CKKS context (foreign key set or parameters)"
+            )
+        if header.payload_bytes > self.config.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"payload of {header.payload_bytes} bytes exceeds the limit of "
+                f"{self.config.max_payload_bytes}"
+            )
+        if header.vector_length < 1:
+            raise InvalidContributionError("vector_length must be >= 1")
+        expected = -(-header.vector_length // self._slots)
+        if header.num_ciphertexts != expected:
+            raise InvalidContributionError(
+                f"{header.vector_length} values need {expected} ciphertexts, "
+                f"header says {header.num_ciphertexts}"
+            )
+        if len(header.payload_sha256) != 32:
+            raise InvalidContributionError("payload_sha256 must be 32 bytes")
+
+    def submit(self, peer_id: str, header: Header, data: bytes) -> Receipt:
+        """Validate and durably accept one contribution (idempotent per digest)."""
+        self.check_header(peer_id, header)
+        if len(data) != header.payload_bytes:
+            raise InvalidContributionError(
+                f"received {len(data)} payload bytes, header announced {header.payload_bytes}"
+            )
+        if payload.sha256(data) != header.payload_sha256:
+            raise InvalidContributionError("payload digest mismatch (truncated or corrupted)")
+        digest_hex = header.payload_sha256.hex()
+        self.tick()
+        with self._lock:
+            existing = self.store.query(
+                "SELECT payload_sha256 FROM contributions WHERE round_id = ? AND participant_id = ?",
+                (header.round_id, peer_id),
+            )
+            round_row = self.store.get_round(header.round_id)
+            if existing:
+                if existing[0][0] == digest_hex:
+                    assert round_row is not None
+                    return Receipt(
+                        header.round_id, header.payload_sha256, True,
+                        len(self.store.contributions(header.round_id)), round_row.state,
+                    )
+                raise ConflictError(
+                    f"participant {peer_id!r} already contributed a different payload to "
+                    f"round {header.round_id!r}"
+                )
+            if round_row is not None:
+                if round_row.state != OPEN:
+                    raise RoundClosedError(f"round {header.round_id!r} is {round_row.state}")
+                if (round_row.vector_length, round_row.kind) != (header.vector_length, header.kind):
+                    raise InvalidContributionError(
+                        f"round {header.round_id!r} carries {round_row.kind} vectors of length "
+                        f"{round_row.vector_length}"
+                    )
+            blobs = self._validate_payload(data, header)
+            del blobs
+            self.store.put_blob(data)
+            with self.store.transaction() as db:
+                if round_row is None:
+                    opened = now()
+                    db.execute(
+                        "INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                        (header.round_id, OPEN, header.kind, header.vector_length,
+                         header.num_ciphertexts, opened, opened + self.config.round_timeout_s),
+                    )
+                db.execute(
+                    "INSERT INTO contributions VALUES (?, ?, ?, ?, ?)",
+                    (header.round_id, peer_id, digest_hex, len(data), now()),
+                )
+            count = len(self.store.contributions(header.round_id))
+            logger.info(
+                "[Aggregator.submit] round=%s participant=%s contributions=%d",
+                header.round_id, peer_id, count,
+            )
+            if count == len(self.config.roster):
+                self._close(header.round_id)
+            state = self.store.get_round(header.round_id)
+            assert state is not None
+            return Receipt(header.round_id, header.payload_sha256, False, count, state.state)
+
+    def _validate_payload(self, data: bytes, header: Header) -> list[bytes]:
+        assert self._public_context is not None
+        try:
+            blobs = payload.unframe(data)
+            if len(blobs) != header.num_ciphertexts:
+                raise InvalidContributionError(
+                    f"payload holds {len(blobs)} ciphertexts, header says {header.num_ciphertexts}"
+                )
+            ckks.validate_ciphertexts(
+                self._public_context, blobs, expected_length=header.vector_length
+            )
+        except CkksParameterMismatchError as exc:
+            raise InvalidContributionError(f"ciphertext from a foreign CKKS context: {exc}") from exc
+        except CryptoError as exc:
+            raise InvalidContributionError(f"invalid ciphertext payload: {exc}") from exc
+        return blobs
+
+    def _close(self, round_id: str) -> None:
+        """Sum the round's contributions and persist the aggregate (idempotent)."""
+        assert self._public_context is not None
+        row = self.store.get_round(round_id)
+        if row is None or row.state != OPEN:
+            return
+        contributions = self.store.contributions(round_id)
+        framed = [payload.unframe(self.store.get_blob(d)) for _, d in contributions]
+        total = ckks.sum_ciphertexts(self._public_context, framed)
+        data = payload.frame(total)
+        digest = self.store.put_blob(data)
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE rounds SET state = ?, closed_at = ?, aggregate_sha256 = ?, "
+                "contributions_in_aggregate = ? WHERE round_id = ? AND state = ?",
+                (CLOSED, now(), digest, len(contributions), round_id, OPEN),
+            )
+        logger.info("[Aggregator.close] round=%s contributions=%d", round_id, len(contributions))
+
+    def tick(self) -> None:
+        """Close rounds that are complete or past their deadline (also after a restart)."""
+        if self._public_context is None:
+            return
+        with self._lock:
+            for row in self.store.list_rounds():
+                if row.state != OPEN:
+                    continue
+                count = len(self.store.contributions(row.round_id))
+                if count >= len(self.config.roster):
+                    self._close(row.round_id)
+                elif now() >= row.deadline:
+                    if count >= self.config.quorum:
+                        self._close(row.round_id)
+                    else:
+                        with self.store.transaction() as db:
+                            db.execute(
+                                "UPDATE rounds SET state = ?, closed_at = ? WHERE round_id = ?",
+                                (FAILED, now(), row.round_id),
+                            )
+                        logger.warning(
+                            "[Aggregator.tick] round=%s failed: %d of quorum %d by deadline",
+                            row.round_id, count, self.config.quorum,
+                        )
+
+    def round_status(self, peer_id: str, round_id: str) -> RoundStatus:
+        """State of a round as seen by ``peer_id``."""
+        self._require_member(peer_id)
+        self.tick()
+        row = self.store.get_round(round_id)
+        if row is None:
+            return RoundStatus(round_id, "", 0, self.config.quorum, 0.0, 0, b"", False)
+        contributions = self.store.contributions(round_id)
+        return RoundStatus(
+            round_id, row.state, len(contributions), self.config.quorum, row.deadline,
+            row.vector_length, bytes.fromhex(row.aggregate_sha256 or ""),
+            any(p == peer_id for p, _ in contributions),
+        )
+
+    def aggregate(self, peer_id: str, round_id: str) -> Aggregate:
+        """The encrypted sum of a closed round."""
+        self._require_member(peer_id)
+        self.tick()
+        row: RoundRow | None = self.store.get_round(round_id)
+        if row is None:
+            raise NotFoundError(f"no round {round_id!r}")
+        if row.state == FAILED:
+            raise RoundClosedError(f"round {round_id!r} failed to reach quorum")
+        if row.state != CLOSED or row.aggregate_sha256 is None:
+            raise NotReadyError(f"round {round_id!r} is still open")
+        data = self.store.get_blob(row.aggregate_sha256)
+        return Aggregate(
+            round_id, int(row.contributions_in_aggregate or 0), row.vector_length,
+            row.num_ciphertexts, data, bytes.fromhex(row.aggregate_sha256),
+            self.store.get_meta("ckks_context_fingerprint") or "", row.kind,
+        )
+
+
+def _normalise_pem(pem: str) -> str:
+    return "".join(pem.split())

@@ -1,0 +1,189 @@
+"""gRPC adapter over :class:`Aggregator`: parses messages, authenticates, maps errors.
+
+This is the only module that turns exceptions into ``grpc.StatusCode``s. Unexpected
+errors become ``INTERNAL`` with a generic message: internals and bytes are never echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from privacy.errors import ConfigError, CryptoError
+from proto.fedctx.v1 import fedctx_pb2 as pb
+from proto.fedctx.v1 import fedctx_pb2_grpc as pb_grpc
+
+from .aggregator import CLOSED, FAILED, OPEN, Aggregator, Header
+from .errors import (
+    BindingMismatchError,
+    ConflictError,
+    CoordinatorError,
+    InvalidContributionError,
+    NotAllowedError,
+    NotFoundError,
+    NotReadyError,
+    PayloadTooLargeError,
+    RoundClosedError,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (InvalidContributionError, grpc.StatusCode.INVALID_ARGUMENT),
+    (BindingMismatchError, grpc.StatusCode.INVALID_ARGUMENT),
+    (CryptoError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ConfigError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotAllowedError, grpc.StatusCode.PERMISSION_DENIED),
+    (RoundClosedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotReadyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (PayloadTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+]
+_STATE = {OPEN: pb.ROUND_STATE_OPEN, CLOSED: pb.ROUND_STATE_CLOSED, FAILED: pb.ROUND_STATE_FAILED}
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            logger.info("[Coordinator.%s] rejected: %s: %s", method, code.name, exc)
+            context.abort(code, str(exc))
+    logger.exception("[Coordinator.%s] internal error", method)
+    context.abort(grpc.StatusCode.INTERNAL, "internal coordinator error")
+
+
+def peer_identity(context: grpc.ServicerContext) -> tuple[str, str]:
+    """``(common name, PEM)`` of the mutually authenticated TLS client certificate."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name") or []
+    pems = auth.get("x509_pem_cert") or []
+    if len(names) != 1 or len(pems) != 1:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+    return names[0].decode(), pems[0].decode()
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    """Thin gRPC surface; all decisions live in :class:`Aggregator`."""
+
+    def __init__(self, aggregator: Aggregator) -> None:
+        self.aggregator = aggregator
+        self.config = aggregator.config
+
+    def _run(self, method: str, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (CoordinatorError, CryptoError, ConfigError) as exc:
+            _abort(context, exc, method)
+        except Exception as exc:  # noqa: BLE001 - the server must stay up
+            _abort(context, exc, method)
+
+    def GetFederation(self, request: pb.GetFederationRequest, context: grpc.ServicerContext) -> pb.GetFederationResponse:  # noqa: N802,E501
+        peer_identity(context)
+        info = self._run("GetFederation", context, self.aggregator.federation_info)
+        rounds = [
+            pb.RoundSummary(round_id=r, state=_STATE.get(s, 0), contributions=n)
+            for r, s, n in info.pop("rounds")  # type: ignore[attr-defined]
+        ]
+        return pb.GetFederationResponse(**info, rounds=rounds)  # type: ignore[arg-type]
+
+    def AnnounceKey(self, request: pb.AnnounceKeyRequest, context: grpc.ServicerContext) -> pb.AnnounceKeyResponse:  # noqa: N802,E501
+        peer, pem = peer_identity(context)
+        self._run("AnnounceKey", context, lambda: self.aggregator.announce_key(
+            peer, federation_id=request.federation_id, x25519_public=request.x25519_public,
+            signature=request.signature, certificate_pem=request.certificate_pem,
+            peer_certificate_pem=pem,
+        ))
+        return pb.AnnounceKeyResponse()
+
+    def ListKeyAnnouncements(self, request: pb.ListKeyAnnouncementsRequest, context: grpc.ServicerContext) -> pb.ListKeyAnnouncementsResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        rows = self._run("ListKeyAnnouncements", context,
+                         lambda: self.aggregator.key_announcements(peer))
+        return pb.ListKeyAnnouncementsResponse(announcements=[
+            pb.KeyAnnouncement(participant_id=p, x25519_public=k, signature=s, certificate_pem=c)
+            for p, k, s, c in rows
+        ])
+
+    def PublishKeys(self, request: pb.PublishKeysRequest, context: grpc.ServicerContext) -> pb.PublishKeysResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        fingerprint = self._run("PublishKeys", context, lambda: self.aggregator.publish_keys(
+            peer, federation_id=request.federation_id, public_context=request.public_context,
+            ckks_params_fingerprint=request.ckks_params_fingerprint,
+            model_fingerprint=request.model_fingerprint,
+            layer_map_fingerprint=request.layer_map_fingerprint,
+            sealed_keys={s.recipient_id: s.sealed_secret_context for s in request.sealed_keys},
+        ))
+        return pb.PublishKeysResponse(ckks_context_fingerprint=fingerprint)
+
+    def FetchSealedKey(self, request: pb.FetchSealedKeyRequest, context: grpc.ServicerContext) -> pb.FetchSealedKeyResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        holder, cert, fingerprint, blob = self._run(
+            "FetchSealedKey", context, lambda: self.aggregator.fetch_sealed_key(peer)
+        )
+        return pb.FetchSealedKeyResponse(
+            keyholder_id=holder, keyholder_certificate_pem=cert,
+            ckks_context_fingerprint=fingerprint, sealed_secret_context=blob,
+        )
+
+    def SubmitContribution(self, request_iterator: Iterator[pb.SubmitContributionRequest], context: grpc.ServicerContext) -> pb.SubmitContributionResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+
+        def receive() -> pb.SubmitContributionResponse:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidContributionError("the first message must be the header")
+            h = first.header
+            header = Header(
+                federation_id=h.federation_id, round_id=h.round_id,
+                model_fingerprint=h.model_fingerprint,
+                layer_map_fingerprint=h.layer_map_fingerprint,
+                ckks_context_fingerprint=h.ckks_context_fingerprint,
+                vector_length=h.vector_length, num_ciphertexts=h.num_ciphertexts,
+                payload_bytes=h.payload_bytes, payload_sha256=h.payload_sha256, kind=h.kind,
+            )
+            self.aggregator.check_header(peer, header)
+            buffer = bytearray()
+            for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidContributionError("only chunks may follow the header")
+                if len(message.chunk) > self.config.chunk_bytes:
+                    raise InvalidContributionError("chunk larger than the federation's chunk_bytes")
+                buffer.extend(message.chunk)
+                if len(buffer) > header.payload_bytes:
+                    raise InvalidContributionError("more payload bytes than the header announced")
+            receipt = self.aggregator.submit(peer, header, bytes(buffer))
+            return pb.SubmitContributionResponse(
+                round_id=receipt.round_id, payload_sha256=receipt.payload_sha256,
+                duplicate=receipt.duplicate, contributions=receipt.contributions,
+                state=_STATE.get(receipt.state, 0),
+            )
+
+        return self._run("SubmitContribution", context, receive)
+
+    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.GetRoundResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        s = self._run("GetRound", context,
+                      lambda: self.aggregator.round_status(peer, request.round_id))
+        return pb.GetRoundResponse(
+            round_id=s.round_id, state=_STATE.get(s.state, 0), contributions=s.contributions,
+            quorum=s.quorum, deadline_unix_s=s.deadline_unix_s, vector_length=s.vector_length,
+            aggregate_sha256=s.aggregate_sha256, contributed=s.contributed,
+        )
+
+    def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context: grpc.ServicerContext) -> Iterator[pb.DownloadAggregateResponse]:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        agg = self._run("DownloadAggregate", context,
+                        lambda: self.aggregator.aggregate(peer, request.round_id))
+        yield pb.DownloadAggregateResponse(header=pb.AggregateHeader(
+            round_id=agg.round_id, contributions=agg.contributions,
+            vector_length=agg.vector_length, num_ciphertexts=agg.num_ciphertexts,
+            payload_bytes=len(agg.payload), payload_sha256=agg.payload_sha256,
+            ckks_context_fingerprint=agg.ckks_context_fingerprint, kind=agg.kind,
+        ))
+        step = self.config.chunk_bytes
+        for offset in range(0, len(agg.payload), step):
+            yield pb.DownloadAggregateResponse(chunk=agg.payload[offset : offset + step])

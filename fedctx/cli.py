@@ -1,0 +1,211 @@
+"""The ``fedctx`` command: provision, coordinator, participant, demo, infer, privacy, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from privacy.errors import FedCtxError
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    from .provision import provision
+
+    done = provision(args.out, args.participants, days=args.days,
+                     server_names=tuple(args.server_name))
+    print(f"CA {done.ca_cert}\ncoordinator {done.coordinator_cert}")
+    for pid, (cert, _) in done.participants.items():
+        print(f"participant {pid}: {cert}")
+    return 0
+
+
+def _cmd_coordinator(args: argparse.Namespace) -> int:
+    from coordinator.config import CoordinatorConfig
+    from coordinator.server import CoordinatorServer
+
+    config = CoordinatorConfig.from_toml(args.config, port=args.port, host=args.host)
+    server = CoordinatorServer(config).start()
+    if args.port_file:
+        tmp = Path(args.port_file + ".tmp")
+        tmp.write_text(str(server.port))
+        tmp.replace(args.port_file)
+    print(f"coordinator for {config.federation_id} on {config.host}:{server.port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace_s=args.grace_s)
+    return 0
+
+
+def _cmd_participant(args: argparse.Namespace) -> int:
+    import torch
+
+    from participant.config import ParticipantConfig
+    from participant.federation import Participant
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ParticipantConfig.from_toml(args.config, results_file=args.results)
+    participant = Participant(config)
+    try:
+        report = participant.run()
+    finally:
+        participant.close()
+    print(json.dumps({"participant": report.participant_id, "scores": report.scores,
+                      "epsilon_spent": report.epsilon_spent, "bytes_sent": report.bytes_sent}))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    run_demo(DemoOptions(
+        participants=args.participants, task=args.task, model=args.model,
+        data_dir=args.data_dir, target_epsilon=args.epsilon, rounds=args.rounds,
+        steps_per_round=args.steps_per_round, vector_source=args.vector_source,
+        dirichlet_alpha=args.dirichlet_alpha, workdir=args.workdir,
+        test_per_class=args.test_per_class,
+    ))
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from participant.evaluation import predict
+    from participant.layers import layer_map_fingerprint, resolve_layer_sites
+    from participant.model import load_model
+    from participant.tasks import load_task
+
+    saved = torch.load(args.calibrated, weights_only=True)
+    task = load_task(args.task or saved["task"])
+    lm = load_model(args.model)
+    sites = resolve_layer_sites(lm.model)
+    if saved["model_fingerprint"] != lm.fingerprint or saved["layer_map"] != layer_map_fingerprint(sites):
+        raise FedCtxError("the calibrated task was made for another model or layer map")
+    texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
+    labels = predict(lm, sites, task, texts, vector=saved["vector"],
+                     coefficients=saved["coefficients"])
+    for text, label in zip(texts, labels, strict=True):
+        print(f"{task.labels[label]}\t{text}")
+    return 0
+
+
+def _cmd_privacy_report(args: argparse.Namespace) -> int:
+    from privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(args.ledger, budget_epsilon=args.budget, delta=args.delta,
+                           accountant=args.accountant)
+    print(f"ledger {args.ledger} (delta {args.delta:g}, {args.accountant} accountant)")
+    print(f"{'release':<40}{'sigma':>8}{'q':>8}{'steps':>7}{'state':>11}")
+    for e in ledger.entries:
+        state = "sent" if e.committed else "reserved"
+        print(f"{e.release_id:<40}{e.noise_multiplier:>8.3f}{e.sample_rate:>8.4f}"
+              f"{e.steps:>7}{state:>11}")
+    spent = ledger.epsilon_spent()
+    print(f"epsilon spent: {'inf (non-private)' if math.isinf(spent) else f'{spent:.4f}'}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from participant.client import CoordinatorClient, TlsFiles
+
+    with CoordinatorClient(args.coordinator, TlsFiles(Path(args.cert), Path(args.key),
+                                                      Path(args.ca))) as client:
+        info = client.federation()
+    print(f"federation {info.federation_id} ({info.protocol_version}); roster "
+          f"{list(info.roster)}; keyholder {info.keyholder_id}; quorum {info.quorum}")
+    print(f"keys published: {'yes' if info.ckks_context_fingerprint else 'no'}")
+    for r in info.rounds:
+        print(f"  round {r.round_id}: state {r.state} contributions {r.contributions}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs)."""
+    parser = argparse.ArgumentParser(prog="fedctx", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("provision", help="create a throwaway CA and TLS certificates")
+    p.add_argument("--out", required=True)
+    p.add_argument("--participants", nargs="+", required=True, help="participant ids (CNs)")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--server-name", nargs="+", default=["localhost", "127.0.0.1"])
+    p.set_defaults(func=_cmd_provision)
+
+    p = sub.add_parser("coordinator", help="run a coordinator")
+    p.add_argument("--config", required=True)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--port-file", help="write the bound port here (useful with port 0)")
+    p.add_argument("--grace-s", type=float, default=10.0)
+    p.set_defaults(func=_cmd_coordinator)
+
+    p = sub.add_parser("participant", help="join a federation as a participant")
+    p.add_argument("--config", required=True)
+    p.add_argument("--results")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_cmd_participant)
+
+    p = sub.add_parser("demo", help="a real federation on loopback (coordinator + participants)")
+    p.add_argument("--participants", type=int, default=3)
+    p.add_argument("--task", default="bbc", help="built-in task name or task .toml")
+    p.add_argument("--model", default="smollm2-135m", help="alias, folder, .gguf or HF id")
+    p.add_argument("--data-dir", default="", help="folder with train/test .jsonl or .csv")
+    p.add_argument("--epsilon", type=float, default=8.0, help="per-participant budget; inf = off")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--steps-per-round", type=int, default=8)
+    p.add_argument("--test-per-class", type=int, default=40)
+    p.add_argument("--vector-source", default="private",
+                   choices=["private", "public", "random", "zero"])
+    p.add_argument("--dirichlet-alpha", type=float, default=0.0, help="0 = IID split")
+    p.add_argument("--workdir", default="")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("infer", help="classify texts with a calibrated task")
+    p.add_argument("--calibrated", required=True, help="*-calibrated.pt from a participant")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--task", default="")
+    p.add_argument("text", nargs="*", help="texts (or one per line on stdin)")
+    p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("privacy", help="privacy ledger tools")
+    psub = p.add_subparsers(dest="privacy_command", required=True)
+    r = psub.add_parser("report", help="print a participant's ledger and epsilon spent")
+    r.add_argument("--ledger", required=True)
+    r.add_argument("--delta", type=float, default=1e-5)
+    r.add_argument("--budget", type=float, default=math.inf)
+    r.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
+    r.set_defaults(func=_cmd_privacy_report)
+
+    p = sub.add_parser("status", help="show a federation's state")
+    p.add_argument("--coordinator", required=True)
+    p.add_argument("--cert", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--ca", required=True)
+    p.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedctx`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except FedCtxError as exc:
+        print(f"fedctx: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

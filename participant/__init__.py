@@ -1,0 +1,1 @@
+"""A federation participant: model, context vectors, calibration, private upload."""

@@ -1,0 +1,172 @@
+"""Stage 2b: local calibration of the 4L injection coefficients, optionally DP-SGD.
+
+Loss: cross-entropy over the full vocabulary of the label word's first token at the
+query's last token, with the context vector injected (I2CL). Per-example gradients come
+from one batched backward pass: each batch row gets its own copy of the coefficients
+(``[B, L, 4]``), so the gradient of that copy is exactly that record's gradient. Opacus's
+``DPOptimizer`` then clips each to ``max_grad_norm``, sums, adds Gaussian noise of std
+``noise_multiplier * max_grad_norm`` and divides by the expected batch size (Poisson
+sampling at rate ``sample_rate``: the setting Opacus's accountants analyse).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from opacus.optimizers import DPOptimizer
+
+from privacy.errors import ConfigError
+
+from .data import Example
+from .hooks import default_coefficients, inject_context
+from .layers import LayerSites
+from .model import LoadedModel
+from .tasks import TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationConfig:
+    """Local optimisation settings (reference-code defaults where the papers are silent).
+
+    Attributes:
+        learning_rate: AdamW peak learning rate (I2CL: 0.01).
+        weight_decay: AdamW weight decay (I2CL: 1e-3).
+        batch_size: expected records per step (Poisson sampling in private mode).
+        steps_per_round: local steps between two federated averages.
+        rounds: federated calibration rounds.
+        warmup_fraction: linear warm-up share of all steps, then cosine decay (I2CL: 5%).
+        calibration_noise: I2CL's residual noise scale during training (0.001).
+        max_grad_norm: per-record gradient clip (DP-SGD); ignored without privacy.
+    """
+
+    learning_rate: float = 0.01
+    weight_decay: float = 1e-3
+    batch_size: int = 8
+    steps_per_round: int = 8
+    rounds: int = 4
+    warmup_fraction: float = 0.05
+    calibration_noise: float = 0.001
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.steps_per_round < 1 or self.rounds < 0:
+            raise ConfigError("batch_size and steps_per_round must be >= 1, rounds >= 0")
+        if self.learning_rate <= 0 or self.max_grad_norm <= 0:
+            raise ConfigError("learning_rate and max_grad_norm must be > 0")
+
+    @property
+    def total_steps(self) -> int:
+        """Local steps over the whole protocol."""
+        return self.rounds * self.steps_per_round
+
+
+def _schedule(step: int, *, total: int, warmup_fraction: float) -> float:
+    warmup = max(1, int(total * warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EncodedQueries:
+    """Tokenised zero-demonstration prompts with their label token ids."""
+
+    def __init__(self, lm: LoadedModel, task: TaskSpec, examples: list[Example]) -> None:
+        self.lm = lm
+        self.texts = [task.query(e.text) for e in examples]
+        self.labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+        self.label_token_ids = torch.tensor(task.label_token_ids(lm.tokenizer), dtype=torch.long)
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(input_ids [B, T], attention_mask [B, T], last positions [B])``."""
+        enc = self.lm.tokenizer([self.texts[i] for i in indices], return_tensors="pt", padding=True)
+        return enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(1) - 1
+
+
+class LocalCalibrator:
+    """One participant's coefficient trainer, kept across federated rounds.
+
+    Args:
+        lm: the frozen model.
+        sites: its layer sites.
+        task: the task spec.
+        examples: the participant's labelled calibration records (private).
+        vector: ``[2, L, d]`` the injected (global) context vector.
+        config: optimisation settings.
+        noise_multiplier: DP-SGD noise multiplier; 0 disables DP (no clipping either).
+        seed: seeds batch sampling and calibration noise.
+    """
+
+    def __init__(
+        self, lm: LoadedModel, sites: LayerSites, task: TaskSpec, examples: list[Example],
+        vector: torch.Tensor, *, config: CalibrationConfig, noise_multiplier: float, seed: int,
+    ) -> None:
+        if not examples:
+            raise ConfigError("calibration needs at least one labelled record")
+        self.lm, self.sites, self.vector, self.config = lm, sites, vector, config
+        self.queries = EncodedQueries(lm, task, examples)
+        self.private = noise_multiplier > 0
+        self.sample_rate = min(1.0, config.batch_size / len(examples))
+        self.coefficients = torch.nn.Parameter(default_coefficients(sites.num_layers))
+        self.generator = torch.Generator().manual_seed(seed)
+        base = torch.optim.AdamW(
+            [self.coefficients], lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.optimizer: torch.optim.Optimizer = base
+        if self.private:
+            self.optimizer = DPOptimizer(
+                base, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
+                expected_batch_size=max(1, round(self.sample_rate * len(examples))),
+                loss_reduction="mean",
+            )
+        total = max(1, config.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            base, lambda s: _schedule(s, total=total, warmup_fraction=config.warmup_fraction)
+        )
+        self.losses: list[float] = []
+
+    def _sample(self) -> list[int]:
+        n = len(self.queries.texts)
+        if self.private:  # Poisson sampling, as the accountant assumes
+            mask = torch.rand(n, generator=self.generator) < self.sample_rate
+            return [int(i) for i in torch.nonzero(mask).flatten()]
+        return [int(i) for i in torch.randperm(n, generator=self.generator)[: self.config.batch_size]]
+
+    def per_example_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
+        """``([B, L, 4] per-record gradients, mean loss)`` at the current coefficients."""
+        if not indices:
+            return torch.zeros(0, *self.coefficients.shape), float("nan")
+        input_ids, mask, last = self.queries.batch(indices)
+        per_row = self.coefficients.detach().unsqueeze(0).repeat(len(indices), 1, 1)
+        per_row.requires_grad_(True)
+        with inject_context(
+            self.lm.model, self.sites, vector=self.vector, coefficients=per_row,
+            noise_scale=self.config.calibration_noise, generator=self.generator,
+        ):
+            logits = self.lm.model(input_ids=input_ids, attention_mask=mask).logits
+        rows = torch.arange(len(indices))
+        final = logits[rows, last].float()
+        targets = self.queries.label_token_ids[self.queries.labels[indices]]
+        loss = F.cross_entropy(final, targets, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, per_row)
+        return grad.detach(), float(loss.detach()) / len(indices)
+
+    def run_round(self, start: torch.Tensor) -> torch.Tensor:
+        """Train ``steps_per_round`` steps from ``start`` ``[L, 4]``; return the update."""
+        with torch.no_grad():
+            self.coefficients.copy_(start)
+        for _ in range(self.config.steps_per_round):
+            grads, loss = self.per_example_gradients(self._sample())
+            self.optimizer.zero_grad()
+            if self.private:
+                self.coefficients.grad_sample = grads  # type: ignore[attr-defined]
+            else:
+                self.coefficients.grad = grads.mean(dim=0)
+            self.optimizer.step()
+            self.scheduler.step()
+            if not math.isnan(loss):
+                self.losses.append(loss)
+        return (self.coefficients.detach() - start).clone()

@@ -1,0 +1,128 @@
+"""Participant configuration (TOML or keyword arguments), validated on construction."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from privacy.ckks import CkksParams
+from privacy.errors import ConfigError
+
+from .calibration import CalibrationConfig
+
+VECTOR_SOURCES = ("private", "public", "random", "zero")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacySettings:
+    """Record-level DP for everything the participant releases.
+
+    Attributes:
+        target_epsilon: total budget for the whole protocol (vector + all calibration
+            rounds); ``inf`` runs without privacy (no clipping, no noise).
+        delta: delta of the budget (should be < 1 / number of records).
+        accountant: Opacus accountant, ``rdp`` (default) or ``prv``.
+        vector_clip_norm: whitened per-record clip of the context-vector release;
+            0 means the default sqrt(2L).
+        max_grad_norm: per-record gradient clip in calibration (DP-SGD).
+    """
+
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    vector_clip_norm: float = 0.0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.target_epsilon > 0):
+            raise ConfigError("target_epsilon must be > 0 (inf for no privacy)")
+        if not 0 < self.delta < 1:
+            raise ConfigError("delta must be in (0, 1)")
+        if self.accountant not in ("rdp", "prv"):
+            raise ConfigError("accountant must be 'rdp' or 'prv'")
+
+    @property
+    def private(self) -> bool:
+        """Whether DP is on."""
+        return not math.isinf(self.target_epsilon)
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantConfig:
+    """Everything one participant needs to join a federation.
+
+    Data: either ``data_file`` (the organisation's own JSONL/CSV) or the task's train
+    split sliced by ``partition_index`` of ``num_partitions`` (simulations).
+    """
+
+    participant_id: str
+    coordinator: str
+    tls_cert: Path
+    tls_key: Path
+    tls_ca: Path
+    state_dir: Path
+    federation_id: str
+    task: str = "bbc"
+    model: str = "smollm2-135m"
+    dtype: str = "float32"
+    data_file: str = ""
+    data_dir: str = ""
+    partition_index: int = 0
+    num_partitions: int = 1
+    dirichlet_alpha: float = 0.0
+    split_seed: int = 0
+    vector_source: str = "private"
+    demonstrations_per_class: int = 8
+    max_calibration_records: int = 256
+    evaluate: bool = True
+    test_per_class: int = 40
+    seed: int = 0
+    batch_size: int = 16
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    ckks: CkksParams = field(default_factory=CkksParams)
+    results_file: str = ""
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.vector_source not in VECTOR_SOURCES:
+            raise ConfigError(f"vector_source must be one of {VECTOR_SOURCES}")
+        if not 0 <= self.partition_index < max(1, self.num_partitions):
+            raise ConfigError("partition_index must be in [0, num_partitions)")
+        if self.demonstrations_per_class < 0 or self.max_calibration_records < 1:
+            raise ConfigError("demonstrations_per_class >= 0 and max_calibration_records >= 1")
+        if self.dirichlet_alpha < 0:
+            raise ConfigError("dirichlet_alpha must be >= 0 (0 = IID)")
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: object) -> ParticipantConfig:
+        """Load ``[participant]`` (with ``[participant.privacy]``, ``.calibration``, ``.ckks``)."""
+        path = Path(path)
+        try:
+            table = dict(tomllib.loads(path.read_text(encoding="utf-8")).get("participant", {}))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read participant config {path}: {exc}") from exc
+        table.update({k: v for k, v in overrides.items() if v is not None})
+        nested = {"privacy": PrivacySettings, "calibration": CalibrationConfig, "ckks": CkksParams}
+        for key, kind in nested.items():
+            if key in table and isinstance(table[key], dict):
+                sub = dict(table[key])
+                if key == "ckks" and "coeff_mod_bit_sizes" in sub:
+                    sub["coeff_mod_bit_sizes"] = tuple(sub["coeff_mod_bit_sizes"])
+                unknown = set(sub) - {f.name for f in fields(kind)}
+                if unknown:
+                    raise ConfigError(f"{path}: unknown [{key}] keys {sorted(unknown)}")
+                table[key] = kind(**sub)
+        unknown = set(table) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"{path}: unknown participant keys {sorted(unknown)}")
+        for key in ("tls_cert", "tls_key", "tls_ca", "state_dir"):
+            if key in table:
+                p = Path(str(table[key]))
+                table[key] = p if p.is_absolute() else path.parent / p
+        try:
+            return cls(**table)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc

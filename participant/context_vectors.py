@@ -1,0 +1,122 @@
+"""Stage 1: context vectors from demonstrations, the public reference, and the DP release.
+
+Shapes: a context vector is ``[2, L, d]`` (0 = attention, 1 = MLP output of layer l at
+the last token of a demonstration run alone); per-record activations are ``[N, 2, L, d]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from privacy.clipping import clip_whitened
+from privacy.noise import add_gaussian_noise, gaussian_std
+
+from .hooks import capture_activations
+from .layers import LayerSites
+from .model import LoadedModel
+from .tasks import TaskSpec
+
+
+def last_token_activations(
+    lm: LoadedModel, sites: LayerSites, texts: list[str], *, batch_size: int = 16,
+    progress: bool = False, description: str = "activations",
+) -> torch.Tensor:
+    """Attention and MLP outputs at each text's last token: ``[N, 2, L, d]`` float32.
+
+    Texts are right-padded in batches; with causal attention the last real token sees
+    exactly what it would see if the text ran alone (the I2CL ``split_demon`` setting).
+    """
+    out = []
+    batches = range(0, len(texts), batch_size)
+    for start in tqdm(batches, desc=description, disable=not progress, leave=False):
+        chunk = texts[start : start + batch_size]
+        encoded = lm.tokenizer(chunk, return_tensors="pt", padding=True)
+        positions = encoded["attention_mask"].sum(dim=1) - 1
+        with torch.no_grad(), capture_activations(lm.model, sites, positions=positions) as store:
+            lm.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+        out.append(store.result())
+    return torch.cat(out, dim=0)
+
+
+@dataclass(frozen=True)
+class PublicReference:
+    """Computed from public text only (spends no privacy budget).
+
+    Attributes:
+        vector: ``[2, L, d]`` mean activation of template-formatted public demonstrations.
+        block_scales: ``[2L]`` RMS norm of public demonstrations' deviation from
+            ``vector`` per (sub-block, layer): the whitening scales for clipping.
+    """
+
+    vector: torch.Tensor
+    block_scales: torch.Tensor
+
+
+def public_reference(
+    lm: LoadedModel, sites: LayerSites, task: TaskSpec, *, batch_size: int = 16
+) -> PublicReference:
+    """The task's public reference vector and per-block scales."""
+    demos = [
+        task.demonstration(text, label)
+        for text in task.public_texts for label in range(len(task.labels))
+    ]
+    acts = last_token_activations(lm, sites, demos, batch_size=batch_size).double()
+    mean = acts.mean(dim=0)
+    deviation = (acts - mean).reshape(acts.shape[0], 2 * sites.num_layers, -1)
+    rms = deviation.norm(dim=2).pow(2).mean(dim=0).sqrt()
+    floor = rms[rms > 0].min() if bool((rms > 0).any()) else torch.tensor(1.0)
+    return PublicReference(mean.float(), torch.clamp(rms, min=float(floor)).float())
+
+
+def random_vector_like(reference: torch.Tensor, *, seed: int) -> torch.Tensor:
+    """A random ``[2, L, d]`` vector with the same per-(sub-block, layer) norms (a control)."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(reference.shape, generator=generator, dtype=torch.float64)
+    noise = noise / noise.norm(dim=-1, keepdim=True)
+    return (noise * reference.double().norm(dim=-1, keepdim=True)).float()
+
+
+def default_vector_clip_norm(num_blocks: int) -> float:
+    """Whitened clip norm: a typical record has norm about sqrt(2L) after whitening."""
+    return math.sqrt(num_blocks)
+
+
+def private_deviation_mean(
+    activations: torch.Tensor, reference: PublicReference, *, clip_norm: float | None,
+    noise_multiplier: float, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DP mean deviation of a participant's demonstrations from the public reference.
+
+    Mechanism (unit: one record; add/remove-one neighbouring datasets, record count N
+    public): each record's deviation ``a_j - r`` is whitened by the public block
+    scales and clipped to ``clip_norm``; the sum has L2 sensitivity ``clip_norm``;
+    Gaussian noise of std ``noise_multiplier * clip_norm`` is added in the whitened
+    basis, which is then un-whitened and divided by N.
+
+    Args:
+        activations: ``[N, 2, L, d]`` the participant's demonstrations.
+        reference: public reference (vector and block scales).
+        clip_norm: whitened L2 bound per record; ``None`` disables clipping (only
+            allowed with ``noise_multiplier == 0``, i.e. no privacy).
+        noise_multiplier: std / sensitivity; 0 for a non-private release.
+        generator: optional seeded generator (tests, experiments).
+
+    Returns:
+        ``[2, L, d]`` float64 mean deviation (add ``reference.vector`` to get the vector).
+    """
+    n, two, layers, width = activations.shape
+    deviation = (activations.double() - reference.vector.double()).reshape(n, two * layers, width)
+    scales = reference.block_scales.double()
+    if clip_norm is None:
+        if noise_multiplier != 0:
+            raise ValueError("noise without clipping has no defined sensitivity")
+        whitened_sum = (deviation / scales[None, :, None]).sum(dim=0)
+    else:
+        whitened_sum = clip_whitened(deviation, block_scales=scales, clip_norm=clip_norm).sum(0)
+        std = gaussian_std(noise_multiplier=noise_multiplier, sensitivity=clip_norm)
+        whitened_sum = add_gaussian_noise(whitened_sum, std=std, generator=generator)
+    return (whitened_sum * scales[:, None] / n).reshape(two, layers, width)

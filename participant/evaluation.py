@@ -1,0 +1,81 @@
+"""Stage 3 and metrics: zero-demonstration classification with or without injection."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Example
+from .hooks import inject_context
+from .layers import LayerSites
+from .model import LoadedModel
+from .tasks import TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    """Accuracy and macro-F1 on a labelled set, with the time the predictions took."""
+
+    accuracy: float
+    macro_f1: float
+    n: int
+    seconds: float
+
+
+def predict(
+    lm: LoadedModel, sites: LayerSites, task: TaskSpec, texts: list[str], *,
+    vector: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
+    batch_size: int = 16, progress: bool = False,
+) -> list[int]:
+    """Class index per text: argmax over the label words' first tokens at the last token.
+
+    With ``vector`` ``[2, L, d]`` and ``coefficients`` ``[L, 4]`` the context is injected
+    at every layer and token; otherwise this is plain zero-shot.
+    """
+    label_ids = torch.tensor(task.label_token_ids(lm.tokenizer), dtype=torch.long)
+    predictions: list[int] = []
+    for start in tqdm(range(0, len(texts), batch_size), disable=not progress, leave=False,
+                      desc="predict"):
+        prompts = [task.query(t) for t in texts[start : start + batch_size]]
+        enc = lm.tokenizer(prompts, return_tensors="pt", padding=True)
+        last = enc["attention_mask"].sum(1) - 1
+        hooks = (
+            inject_context(lm.model, sites, vector=vector, coefficients=coefficients)
+            if vector is not None and coefficients is not None else contextlib.nullcontext()
+        )
+        with torch.no_grad(), hooks:
+            logits = lm.model(**enc).logits
+        scores = logits[torch.arange(len(prompts)), last][:, label_ids]
+        predictions += scores.argmax(dim=-1).tolist()
+    return predictions
+
+
+def score(predictions: list[int], labels: list[int], *, num_classes: int, seconds: float = 0.0) -> Scores:
+    """Accuracy and macro-F1 (F1 averaged over classes, absent classes counting 0)."""
+    if len(predictions) != len(labels) or not labels:
+        raise ValueError("predictions and labels must be non-empty and of equal length")
+    correct = sum(p == y for p, y in zip(predictions, labels, strict=True))
+    f1s = []
+    for c in range(num_classes):
+        tp = sum(p == c and y == c for p, y in zip(predictions, labels, strict=True))
+        fp = sum(p == c and y != c for p, y in zip(predictions, labels, strict=True))
+        fn = sum(p != c and y == c for p, y in zip(predictions, labels, strict=True))
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return Scores(correct / len(labels), sum(f1s) / num_classes, len(labels), seconds)
+
+
+def evaluate(
+    lm: LoadedModel, sites: LayerSites, task: TaskSpec, examples: list[Example], *,
+    vector: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
+    batch_size: int = 16, progress: bool = False,
+) -> Scores:
+    """Predict and score a labelled set."""
+    start = time.perf_counter()
+    predictions = predict(lm, sites, task, [e.text for e in examples], vector=vector,
+                          coefficients=coefficients, batch_size=batch_size, progress=progress)
+    return score(predictions, [e.label for e in examples], num_classes=len(task.labels),
+                 seconds=time.perf_counter() - start)

@@ -1,0 +1,415 @@
+"""The participant's side of a whole federation: keys, vector round, calibration rounds.
+
+Order of events (every release is reserved in the privacy ledger before it leaves):
+1. announce a signed X25519 key; the keyholder seals the CKKS secret context to every
+   announced key, the others fetch and open theirs (the coordinator relays bytes);
+2. vector round (``vector_source="private"`` only): DP mean deviation from the public
+   reference, encrypted, summed by the coordinator, decrypted and averaged here;
+3. calibration rounds: DP-SGD steps on local records, the coefficient update encrypted,
+   summed, averaged; every participant restarts from the same global coefficients;
+4. evaluation with zero demonstrations: zero-shot, injected, calibrated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from privacy import ckks, keyshare
+from privacy.accounting import PlannedRelease, noise_multiplier_for_budget
+from privacy.ledger import PrivacyLedger
+from proto.fedctx.v1 import fedctx_pb2 as pb
+
+from .calibration import LocalCalibrator
+from .client import CoordinatorClient, TlsFiles, is_not_ready
+from .config import ParticipantConfig
+from .context_vectors import (
+    default_vector_clip_norm,
+    last_token_activations,
+    private_deviation_mean,
+    public_reference,
+    random_vector_like,
+)
+from .data import Example, balanced_sample, load_split, partition, read_records
+from .errors import ProtocolError
+from .evaluation import Scores, evaluate
+from .hooks import default_coefficients
+from .layers import layer_map_fingerprint, resolve_layer_sites
+from .model import load_model
+from .tasks import load_task
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ParticipantReport:
+    """What a participant measured; written as JSON for the demo and experiments."""
+
+    participant_id: str
+    federation_id: str
+    task: str
+    vector_source: str
+    records: int
+    demonstrations: int
+    noise_multiplier: float
+    epsilon_spent: float
+    delta: float
+    target_epsilon: float
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    rounds: list[dict[str, object]] = field(default_factory=list)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _local_records(config: ParticipantConfig, task_labels: int) -> list[Example]:
+    task = load_task(config.task)
+    if config.data_file:
+        return read_records(Path(config.data_file), task)
+    train = load_split(task, "train", data_dir=config.data_dir or None)
+    parts = partition(
+        train, num_parts=config.num_partitions, seed=config.split_seed,
+        dirichlet_alpha=config.dirichlet_alpha or None, num_classes=task_labels,
+    )
+    return parts[config.partition_index]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _poll(what: str, fn, *, timeout_s: float):  # type: ignore[no-untyped-def]
+    """Call ``fn`` until it stops raising "not ready" (FAILED_PRECONDITION)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            if not is_not_ready(exc) or time.monotonic() > deadline:
+                raise
+        except _NotYet:
+            if time.monotonic() > deadline:
+                raise ProtocolError(f"timed out after {timeout_s:.0f} s waiting for {what}") from None
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+class _NotYet(Exception):
+    pass
+
+
+class Participant:
+    """Runs one participant through a federation (see module docstring)."""
+
+    def __init__(self, config: ParticipantConfig) -> None:
+        self.config = config
+        self.task = load_task(config.task)
+        self.lm = load_model(config.model, dtype=config.dtype)
+        self.sites = resolve_layer_sites(self.lm.model)
+        self.layer_fp = layer_map_fingerprint(self.sites)
+        self.records = _local_records(config, len(self.task.labels))[: config.max_calibration_records]
+        self.client = CoordinatorClient(
+            config.coordinator, TlsFiles(config.tls_cert, config.tls_key, config.tls_ca),
+            server_name=config.server_name or None,
+        )
+        self.state_dir = Path(config.state_dir)
+        self.signing_key = config.tls_key.read_bytes()
+        privacy = config.privacy
+        self.ledger = PrivacyLedger(
+            self.state_dir / "ledger" / f"{config.federation_id}-{self.task.name}.jsonl",
+            budget_epsilon=privacy.target_epsilon, delta=privacy.delta,
+            accountant=privacy.accountant,
+        )
+        self.secret_context = None
+
+    # -- privacy plan ------------------------------------------------------------------
+    def plan(self) -> list[PlannedRelease]:
+        """Every release this participant will make."""
+        releases = []
+        if self.config.vector_source == "private":
+            releases.append(PlannedRelease(sample_rate=1.0, steps=1))
+        cal = self.config.calibration
+        if cal.total_steps:
+            rate = min(1.0, cal.batch_size / len(self.records))
+            releases.append(PlannedRelease(sample_rate=rate, steps=cal.total_steps))
+        return releases
+
+    def noise_multiplier(self) -> float:
+        """Common noise multiplier from the target budget (0 without privacy)."""
+        privacy = self.config.privacy
+        if not privacy.private or not self.plan():
+            return 0.0
+        return noise_multiplier_for_budget(
+            target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
+            plan=self.plan(), accountant=privacy.accountant,
+        )
+
+    # -- keys ---------------------------------------------------------------------------
+    def _x25519(self) -> tuple[bytes, bytes]:
+        path = self.state_dir / "keys" / f"{self.config.federation_id}.x25519"
+        if path.exists():
+            private = path.read_bytes()
+            public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+            return private, public
+        private, public = keyshare.generate_x25519_keypair()
+        _write_private(path, private)
+        return private, public
+
+    def establish_keys(self, federation: pb.GetFederationResponse) -> None:
+        """Announce, then create-and-seal (keyholder) or fetch-and-open the CKKS key."""
+        cfg = self.config
+        ctx_path = self.state_dir / "keys" / f"{cfg.federation_id}.ckks"
+        private, public = self._x25519()
+        self.client.announce_key(pb.AnnounceKeyRequest(
+            federation_id=cfg.federation_id, x25519_public=public,
+            signature=keyshare.sign_key_announcement(
+                federation_id=cfg.federation_id, participant_id=cfg.participant_id,
+                x25519_public=public, signing_key_pem=self.signing_key,
+            ),
+            certificate_pem=cfg.tls_cert.read_text(),
+        ))
+        if ctx_path.exists() and federation.ckks_context_fingerprint:
+            context = ckks.load_secret_context(ctx_path.read_bytes())
+            public_bytes = ckks.serialize_public_context(context)
+            if ckks.context_fingerprint(public_bytes) == federation.ckks_context_fingerprint:
+                self.secret_context = context
+                return
+        ca = cfg.tls_ca.read_bytes()
+        if federation.keyholder_id == cfg.participant_id:
+            others = set(federation.roster) - {cfg.participant_id}
+
+            def all_announced() -> list[pb.KeyAnnouncement]:
+                found = [a for a in self.client.key_announcements() if a.participant_id in others]
+                if {a.participant_id for a in found} != others:
+                    raise _NotYet
+                return found
+
+            announcements = _poll("every participant's key", all_announced,
+                                  timeout_s=federation.round_timeout_s)
+            context = ckks.create_secret_context(cfg.ckks)
+            public_bytes = ckks.serialize_public_context(context)
+            fingerprint = ckks.context_fingerprint(public_bytes)
+            secret_bytes = ckks.serialize_secret_context(context)
+            sealed = []
+            for a in announcements:
+                keyshare.verify_key_announcement(
+                    federation_id=cfg.federation_id, participant_id=a.participant_id,
+                    x25519_public=a.x25519_public, signature=a.signature,
+                    certificate_pem=a.certificate_pem.encode(), ca_certificate_pem=ca,
+                )
+                sealed.append(pb.SealedKey(
+                    recipient_id=a.participant_id,
+                    sealed_secret_context=keyshare.seal(
+                        secret_bytes, recipient_x25519_public=a.x25519_public,
+                        federation_id=cfg.federation_id, recipient_id=a.participant_id,
+                        public_context_fingerprint=fingerprint,
+                        sender_signing_key_pem=self.signing_key,
+                    ),
+                ))
+            self.client.publish_keys(pb.PublishKeysRequest(
+                federation_id=cfg.federation_id, public_context=public_bytes,
+                ckks_params_fingerprint=cfg.ckks.fingerprint(),
+                model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
+                sealed_keys=sealed,
+            ))
+        else:
+            response = _poll("the keyholder's sealed key", self.client.fetch_sealed_key,
+                             timeout_s=federation.round_timeout_s)
+            secret_bytes = keyshare.open_sealed(
+                response.sealed_secret_context, recipient_x25519_private=private,
+                federation_id=cfg.federation_id, recipient_id=cfg.participant_id,
+                public_context_fingerprint=response.ckks_context_fingerprint,
+                sender_certificate_pem=response.keyholder_certificate_pem.encode(),
+                ca_certificate_pem=ca, sender_id=response.keyholder_id,
+            )
+            context = ckks.load_secret_context(secret_bytes)
+            if ckks.context_fingerprint(ckks.serialize_public_context(context)) != \
+                    response.ckks_context_fingerprint:
+                raise ProtocolError("the opened CKKS context does not match the published one")
+        _write_private(ctx_path, ckks.serialize_secret_context(context))
+        self.secret_context = context
+
+    # -- one encrypted round ------------------------------------------------------------
+    def secure_mean(
+        self, round_id: str, values: np.ndarray, *, kind: str, federation: pb.GetFederationResponse,
+        release_id: str | None,
+    ) -> tuple[np.ndarray, int]:
+        """Encrypt ``values``, contribute to ``round_id``, return (sum / count, count)."""
+        assert self.secret_context is not None
+        status = self.client.round(round_id)
+        if not status.contributed:
+            blobs = ckks.encrypt_vector(self.secret_context, values)
+            header = pb.ContributionHeader(
+                federation_id=self.config.federation_id, round_id=round_id,
+                model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
+                ckks_context_fingerprint=federation.ckks_context_fingerprint,
+                vector_length=values.size, kind=kind,
+            )
+            self.client.submit(header, blobs, chunk_bytes=federation.chunk_bytes)
+        if release_id is not None:
+            self.ledger.commit(release_id)
+        self.client.wait_for_round(round_id, timeout_s=federation.round_timeout_s + 30)
+        aggregate = self.client.download_aggregate(round_id)
+        if aggregate.ckks_context_fingerprint != federation.ckks_context_fingerprint:
+            raise ProtocolError("aggregate was produced under another CKKS context")
+        total = ckks.decrypt_vector(self.secret_context, aggregate.blobs, length=values.size)
+        return total / aggregate.contributions, aggregate.contributions
+
+    # -- the whole protocol ---------------------------------------------------------------
+    def run(self) -> ParticipantReport:
+        """Join, contribute to every round, evaluate; returns the report."""
+        cfg, task = self.config, self.task
+        timings: dict[str, float] = {}
+        sigma = self.noise_multiplier()
+        demos = (
+            balanced_sample(self.records, per_class=cfg.demonstrations_per_class,
+                            num_classes=len(task.labels), seed=cfg.seed)
+            if cfg.demonstrations_per_class else list(self.records)
+        )
+        report = ParticipantReport(
+            cfg.participant_id, cfg.federation_id, task.name, cfg.vector_source,
+            len(self.records), len(demos), sigma, 0.0, cfg.privacy.delta,
+            cfg.privacy.target_epsilon,
+        )
+        self.client.wait_ready(timeout_s=120)
+        federation = self.client.federation()
+        if cfg.participant_id not in federation.roster:
+            raise ProtocolError(f"{cfg.participant_id!r} is not in the federation's roster")
+        start = time.perf_counter()
+        self.establish_keys(federation)
+        federation = self.client.federation()
+        for key, mine in (("model_fingerprint", self.lm.fingerprint),
+                          ("layer_map_fingerprint", self.layer_fp)):
+            if getattr(federation, key) != mine:
+                raise ProtocolError(f"this participant's {key} differs from the federation's")
+        timings["keys"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        reference = public_reference(self.lm, self.sites, task, batch_size=cfg.batch_size)
+        shape = reference.vector.shape
+        if cfg.vector_source == "private":
+            acts = last_token_activations(self.lm, self.sites,
+                                          [task.demonstration(e.text, e.label) for e in demos],
+                                          batch_size=cfg.batch_size)
+            timings["vector_forward"] = time.perf_counter() - start
+            clip = cfg.privacy.vector_clip_norm or default_vector_clip_norm(2 * shape[1])
+            private_start = time.perf_counter()
+            deviation = private_deviation_mean(
+                acts, reference, clip_norm=clip if cfg.privacy.private else None,
+                noise_multiplier=sigma,
+            ).numpy().ravel()
+            release = f"{cfg.federation_id}/vector"
+            if release not in {e.release_id for e in self.ledger.entries}:
+                self.ledger.reserve(
+                    release_id=release, description="context-vector mean deviation",
+                    noise_multiplier=sigma, sample_rate=1.0, steps=1,
+                    sensitivity=f"whitened L2 {clip:.4g} (add/remove one record)",
+                )
+            self._check_precision(deviation, sigma, clip, reference, len(demos), federation)
+            mean, count = self.secure_mean("vector", deviation, kind="context_vector",
+                                           federation=federation, release_id=release)
+            vector = reference.vector + torch.from_numpy(mean).reshape(shape).float()
+            report.rounds.append({"round": "vector", "contributions": count})
+            timings["vector_private_path"] = time.perf_counter() - private_start
+        elif cfg.vector_source == "public":
+            vector = reference.vector
+        elif cfg.vector_source == "random":
+            seed = int(hashlib.sha256(cfg.federation_id.encode()).hexdigest()[:8], 16)
+            vector = random_vector_like(reference.vector, seed=seed)
+        else:
+            vector = torch.zeros(shape)
+        timings["vector_total"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        coefficients = default_coefficients(self.sites.num_layers)
+        if cfg.calibration.rounds:
+            calibrator = LocalCalibrator(
+                self.lm, self.sites, task, self.records, vector, config=cfg.calibration,
+                noise_multiplier=sigma, seed=cfg.seed,
+            )
+            for r in range(1, cfg.calibration.rounds + 1):
+                round_id = f"calib-{cfg.vector_source}-{r}"
+                release = f"{cfg.federation_id}/{round_id}"
+                status = self.client.round(round_id)
+                fresh = release not in {e.release_id for e in self.ledger.entries}
+                if fresh:
+                    self.ledger.reserve(
+                        release_id=release, description=f"calibration round {r} (DP-SGD)",
+                        noise_multiplier=sigma, sample_rate=calibrator.sample_rate,
+                        steps=cfg.calibration.steps_per_round,
+                        sensitivity=f"per-record gradient L2 {cfg.calibration.max_grad_norm:g}",
+                    )
+                update = (
+                    calibrator.run_round(coefficients) if not status.contributed
+                    else torch.zeros_like(coefficients)
+                )
+                mean, count = self.secure_mean(
+                    round_id, update.double().numpy().ravel(), kind="coefficient_update",
+                    federation=federation, release_id=release,
+                )
+                coefficients = coefficients + torch.from_numpy(mean).reshape(
+                    coefficients.shape).float()
+                report.rounds.append({"round": round_id, "contributions": count})
+                logger.info("[Participant] round=%s contributions=%d", round_id, count)
+        timings["calibration"] = time.perf_counter() - start
+        report.epsilon_spent = self.ledger.epsilon_spent()
+
+        if cfg.evaluate:
+            test = balanced_sample(load_split(task, "test", data_dir=cfg.data_dir or None),
+                                   per_class=cfg.test_per_class, num_classes=len(task.labels),
+                                   seed=1000 + cfg.seed)
+            start = time.perf_counter()
+            runs: dict[str, Scores] = {
+                "zero_shot": evaluate(self.lm, self.sites, task, test, batch_size=cfg.batch_size),
+                "injected_uncalibrated": evaluate(
+                    self.lm, self.sites, task, test, vector=vector,
+                    coefficients=default_coefficients(self.sites.num_layers),
+                    batch_size=cfg.batch_size),
+                "injected_calibrated": evaluate(
+                    self.lm, self.sites, task, test, vector=vector, coefficients=coefficients,
+                    batch_size=cfg.batch_size),
+            }
+            report.scores = {k: asdict(v) for k, v in runs.items()}
+            timings["evaluation"] = time.perf_counter() - start
+        report.bytes_sent = self.client.bytes_sent
+        report.bytes_received = self.client.bytes_received
+        report.seconds = timings
+        torch.save({"vector": vector, "coefficients": coefficients, "task": task.name,
+                    "model_fingerprint": self.lm.fingerprint, "layer_map": self.layer_fp},
+                   self.state_dir / f"{cfg.federation_id}-{task.name}-calibrated.pt")
+        if cfg.results_file:
+            Path(cfg.results_file).write_text(json.dumps(asdict(report), indent=2))
+        return report
+
+    def _check_precision(self, values: np.ndarray, sigma: float, clip: float, reference,  # type: ignore[no-untyped-def]
+                         n: int, federation: pb.GetFederationResponse) -> None:
+        noise_std = None
+        if sigma > 0:
+            noise_std = float(sigma * clip * float(reference.block_scales.min()) / n)
+        bound = max(1.0, float(np.abs(values).max()) * 4)
+        ckks.check_precision(self.config.ckks, n_summands=len(federation.roster),
+                             value_bound=bound, noise_std=noise_std)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.client.close()
+

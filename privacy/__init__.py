@@ -1,0 +1,1 @@
+"""Differential privacy, accounting and CKKS encryption: no grpc, no transformers."""

@@ -1,0 +1,114 @@
+"""Privacy accounting through Opacus accountants (RDP by default, PRV selectable).
+
+A participant's releases are recorded as Opacus history entries
+``(noise_multiplier, sample_rate, steps)``; the accountant composes them into one
+``(epsilon, delta)``. Nothing here re-derives accounting that Opacus provides: the only
+addition is a bisection over a *common* noise multiplier for a heterogeneous plan
+(one full-batch vector release plus subsampled calibration steps), in the manner of
+``opacus.accountants.utils.get_noise_multiplier``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opacus.accountants import create_accountant
+
+from .errors import ConfigError
+
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRelease:
+    """One kind of release in a participant's protocol.
+
+    Attributes:
+        sample_rate: Poisson sampling rate of records per step (1.0 = every record).
+        steps: how many times the mechanism is applied.
+    """
+
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+
+
+def epsilon_for_history(
+    history: Sequence[tuple[float, float, int]], *, delta: float, accountant: str = "rdp"
+) -> float:
+    """Compose Opacus history entries into epsilon at ``delta``.
+
+    Args:
+        history: ``(noise_multiplier, sample_rate, steps)`` entries; a zero noise
+            multiplier means a non-private release and gives ``inf``.
+        delta: target delta.
+        accountant: ``"rdp"`` or ``"prv"``.
+    """
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
+    if not history:
+        return 0.0
+    if any(nm <= 0 for nm, _, _ in history):
+        return math.inf
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(float(nm), float(q), int(s)) for nm, q, s in history]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(acc.get_epsilon(delta=delta))
+
+
+def noise_multiplier_for_budget(
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    plan: Sequence[PlannedRelease],
+    accountant: str = "rdp",
+    epsilon_tolerance: float = 0.01,
+) -> float:
+    """Smallest common noise multiplier whose composed epsilon is <= ``target_epsilon``.
+
+    Args:
+        target_epsilon: the participant's total budget for the whole protocol.
+        target_delta: delta of the budget.
+        plan: every release the participant will make.
+        accountant: ``"rdp"`` or ``"prv"``.
+        epsilon_tolerance: stop when the bracket's epsilon is within this of the target.
+
+    Returns:
+        The noise multiplier (std / sensitivity) to use for every release in the plan.
+    """
+    if not plan:
+        raise ConfigError("plan must contain at least one release")
+    if target_epsilon <= 0 or not 0 < target_delta < 1:
+        raise ConfigError("target_epsilon must be > 0 and target_delta in (0, 1)")
+
+    def eps(sigma: float) -> float:
+        return epsilon_for_history(
+            [(sigma, r.sample_rate, r.steps) for r in plan], delta=target_delta,
+            accountant=accountant,
+        )
+
+    low, high = 0.0, 10.0
+    while eps(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > 1e6:
+            raise ConfigError(f"no noise multiplier reaches epsilon={target_epsilon}")
+    while True:
+        mid = (low + high) / 2
+        if mid == 0:
+            break
+        if eps(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+        if target_epsilon - eps(high) < epsilon_tolerance or high - low < 1e-6:
+            break
+    return high

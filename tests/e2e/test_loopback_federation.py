@@ -1,0 +1,92 @@
+"""Coordinator + two participants as real gRPC peers over mutual TLS on loopback."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def _participant_config(pid, port, pki, tmp_path, tiny_llama_dir, shared_data, **extra):  # type: ignore[no-untyped-def]
+    from participant.calibration import CalibrationConfig
+    from participant.config import ParticipantConfig, PrivacySettings
+
+    cert, key = pki.participants[pid]
+    return ParticipantConfig(
+        participant_id=pid, coordinator=f"127.0.0.1:{port}", tls_cert=cert, tls_key=key,
+        tls_ca=pki.ca_cert, state_dir=tmp_path / pid, federation_id="fed-test", task="sst2",
+        model=str(tiny_llama_dir), data_dir=str(shared_data / "sst2"),
+        partition_index=int(pid[-1]) - 1, num_partitions=2, demonstrations_per_class=4,
+        max_calibration_records=32, test_per_class=8, batch_size=8,
+        privacy=extra.pop("privacy", PrivacySettings(target_epsilon=4.0, delta=1e-5)),
+        calibration=CalibrationConfig(rounds=2, steps_per_round=2, batch_size=4),
+        **extra,
+    )
+
+
+def _run_all(configs):  # type: ignore[no-untyped-def]
+    from participant.federation import Participant
+
+    reports, errors = {}, []
+
+    def run(config):  # type: ignore[no-untyped-def]
+        participant = Participant(config)
+        try:
+            reports[config.participant_id] = participant.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+        finally:
+            participant.close()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    if errors:
+        raise errors[0]
+    return reports
+
+
+def test_two_participants_private_federation(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    from privacy import ckks
+
+    server = coordinator_factory()
+    configs = [
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data)
+        for pid in ("org1", "org2")
+    ]
+    reports = _run_all(configs)
+
+    for pid, report in reports.items():
+        assert [r["round"] for r in report.rounds] == ["vector", "calib-private-1", "calib-private-2"]
+        assert all(r["contributions"] == 2 for r in report.rounds)
+        assert 0 < report.epsilon_spent <= 4.0 + 1e-6, pid
+        assert report.noise_multiplier > 0
+        assert report.bytes_sent > 0
+        assert set(report.scores) == {"zero_shot", "injected_uncalibrated", "injected_calibrated"}
+
+    # Both participants decrypted the same global vector and coefficients.
+    saved = [torch.load(tmp_path / pid / "fed-test-sst2-calibrated.pt", weights_only=True)
+             for pid in ("org1", "org2")]
+    assert torch.allclose(saved[0]["vector"], saved[1]["vector"], atol=1e-4)
+    assert torch.allclose(saved[0]["coefficients"], saved[1]["coefficients"], atol=1e-5)
+
+    # The coordinator's stored context is public-only: it cannot decrypt its aggregates.
+    agg = server.aggregator.aggregate("org1", "vector")
+    public = ckks.load_public_context(server.store.get_blob(server.store.get_meta("public_context_blob")))
+    from privacy import payload
+
+    with pytest.raises(Exception):
+        ckks.decrypt_vector(public, payload.unframe(agg.payload), length=agg.vector_length)
+
+    # The ledgers hold every release, committed.
+    for pid in ("org1", "org2"):
+        ledger = next((tmp_path / pid / "ledger").glob("*.jsonl")).read_text()
+        assert ledger.count('"event": "commit"') == 3
