@@ -385,24 +385,8 @@ def context_fingerprint(public_context_bytes: bytes) -> str:
 # --------------------------------------------------------------------------- vectors
 
 
-def slot_count(ctx: ts.Context) -> int:
-    """Number of values one ciphertext of ``ctx`` carries (N/2).
-
-    Args:
-        ctx: A secret or public context.
-
-    Returns:
-        The slot count.
-
-    Raises:
-        CryptoError: If ``ctx`` is not a usable CKKS context.
-    """
-    _require_context(ctx)
-    return _geometry(ctx).slot_count
-
-
 def ciphertext_count(length: int, *, params: CkksParams) -> int:
-    """Number of ciphertexts (blobs) needed for a vector of ``length`` values.
+    """Return the number of ciphertexts (blobs) needed for ``length`` values.
 
     Args:
         length: Vector length, >= 1.
@@ -917,8 +901,14 @@ def _load_all(ctx: ts.Context, blobs: object, expected_length: int) -> list[ts.C
     last = expected_length - (count - 1) * geom.slot_count
     max_bytes = 2 * geom.poly_modulus_degree * geom.data_prime_count * 8 + _BLOB_SLACK_BYTES
     return [
-        _load_one(ctx, geom, blob, index=i, size=geom.slot_count if i < count - 1 else last,
-                  max_bytes=max_bytes)
+        _load_one(
+            ctx,
+            geom,
+            blob,
+            index=i,
+            size=geom.slot_count if i < count - 1 else last,
+            max_bytes=max_bytes,
+        )
         for i, blob in enumerate(blobs)
     ]
 
@@ -953,7 +943,8 @@ def _load_one(
         # SEAL reports unknown parameters and out-of-range coefficients alike.
         # Ciphertexts of this context carry its parms_id verbatim (SEAL stores
         # incompressible data uncompressed), so its presence means corruption.
-        if _SEAL_INVALID_DATA in str(exc) and _parms_id_bytes(geom) not in blob:  # type: ignore[operator]
+        own_parms_id = _parms_id_bytes(geom) in bytes(blob)  # type: ignore[arg-type]
+        if _SEAL_INVALID_DATA in str(exc) and not own_parms_id:
             raise CkksParameterMismatchError(
                 f"ciphertext {index} does not belong to this context's parameter set"
             ) from None

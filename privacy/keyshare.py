@@ -143,7 +143,9 @@ def verify_key_announcement(
     """
     message = _announcement_message(federation_id, participant_id, x25519_public)
     public_key = _verify_certificate(certificate_pem, ca_certificate_pem, participant_id)
-    _verify_signature(public_key, _algorithm_of(public_key), _as_bytes(signature, "signature"), message)
+    _verify_signature(
+        public_key, _algorithm_of(public_key), _as_bytes(signature, "signature"), message
+    )
 
 
 def seal(
@@ -272,7 +274,9 @@ def open_sealed(
         public_key, parsed.algorithm, parsed.signature, _lp(_SIGNATURE_TAG, parsed.body, bound)
     )
     try:
-        shared = private_key.exchange(x25519.X25519PublicKey.from_public_bytes(parsed.ephemeral_public))
+        shared = private_key.exchange(
+            x25519.X25519PublicKey.from_public_bytes(parsed.ephemeral_public)
+        )
     except ValueError:
         raise KeyShareError("sealed blob carries an invalid ephemeral key") from None
     try:

@@ -142,7 +142,9 @@ def seal_to(sender: Identity, recipient: Identity, **overrides: object) -> bytes
     return keyshare.seal(SECRET, **kwargs)  # type: ignore[arg-type]
 
 
-def open_as(blob: bytes, recipient: Identity, sender: Identity, ca: Ca, **overrides: object) -> bytes:
+def open_as(
+    blob: bytes, recipient: Identity, sender: Identity, ca: Ca, **overrides: object
+) -> bytes:
     kwargs: dict[str, object] = {
         "recipient_x25519_private": recipient.x_private,
         "federation_id": FED,
@@ -169,7 +171,10 @@ def test_generate_x25519_keypair() -> None:
 def test_announcement_round_trip(ca: Ca, key_type: str) -> None:
     who = make_identity(ca, "dave", key_type=key_type)
     sig = keyshare.sign_key_announcement(
-        federation_id=FED, participant_id="dave", x25519_public=who.x_public, signing_key_pem=who.key_pem
+        federation_id=FED,
+        participant_id="dave",
+        x25519_public=who.x_public,
+        signing_key_pem=who.key_pem,
     )
     keyshare.verify_key_announcement(
         federation_id=FED,
@@ -183,7 +188,10 @@ def test_announcement_round_trip(ca: Ca, key_type: str) -> None:
 
 def _announce(who: Identity) -> bytes:
     return keyshare.sign_key_announcement(
-        federation_id=FED, participant_id=who.name, x25519_public=who.x_public, signing_key_pem=who.key_pem
+        federation_id=FED,
+        participant_id=who.name,
+        x25519_public=who.x_public,
+        signing_key_pem=who.key_pem,
     )
 
 
@@ -208,7 +216,11 @@ def test_announcement_rejections(ca: Ca, bob: Identity, carol: Identity) -> None
         {"x25519_public": b"\x01" * 31},
         {"signature": sig[:-1] + bytes([sig[-1] ^ 1])},
         {"signature": b""},
-        {"certificate_pem": rogue_bob.cert_pem, "signature": _announce(rogue_bob), "x25519_public": rogue_bob.x_public},
+        {
+            "certificate_pem": rogue_bob.cert_pem,
+            "signature": _announce(rogue_bob),
+            "x25519_public": rogue_bob.x_public,
+        },
         {"ca_certificate_pem": rogue_ca.pem},
         {"certificate_pem": b"not a certificate"},
     ]
@@ -255,7 +267,10 @@ def test_unsupported_signing_keys(ca: Ca, key_type: str) -> None:
         _announce(who)
     with pytest.raises(KeyShareError):
         keyshare.sign_key_announcement(
-            federation_id=FED, participant_id="gina", x25519_public=who.x_public, signing_key_pem=b"junk"
+            federation_id=FED,
+            participant_id="gina",
+            x25519_public=who.x_public,
+            signing_key_pem=b"junk",
         )
 
 
@@ -278,7 +293,9 @@ def test_seal_is_randomised(keyholder: Identity, bob: Identity) -> None:
 def test_tampered_blob_is_rejected(ca: Ca, keyholder: Identity, bob: Identity) -> None:
     blob = seal_to(keyholder, bob)
     # every byte position matters: header, ephemeral key, nonce, ciphertext, signature
-    positions = sorted({0, 4, 5, 6, 8, 20, 60, 90, 100, len(blob) // 2, len(blob) - 80, len(blob) - 1})
+    positions = sorted(
+        {0, 4, 5, 6, 8, 20, 60, 90, 100, len(blob) // 2, len(blob) - 80, len(blob) - 1}
+    )
     for pos in positions:
         tampered = bytearray(blob)
         tampered[pos] ^= 0x01
@@ -303,7 +320,9 @@ def test_wrong_federation_and_fingerprint(ca: Ca, keyholder: Identity, bob: Iden
     with pytest.raises(KeyShareError, match="federation"):
         open_as(blob, bob, keyholder, ca, federation_id="other-fed")
     with pytest.raises(KeyShareError, match="fingerprint"):
-        open_as(blob, bob, keyholder, ca, public_context_fingerprint=hashlib.sha256(b"x").hexdigest())
+        open_as(
+            blob, bob, keyholder, ca, public_context_fingerprint=hashlib.sha256(b"x").hexdigest()
+        )
     with pytest.raises(KeyShareError):
         open_as(blob, bob, keyholder, ca, public_context_fingerprint="not-hex")
 
@@ -323,7 +342,9 @@ def test_sender_cn_mismatch(ca: Ca, keyholder: Identity, bob: Identity) -> None:
 
 
 def test_expired_sender_certificate(ca: Ca, bob: Identity) -> None:
-    expired = make_identity(ca, "alice", not_before=timedelta(days=-10), not_after=timedelta(days=-1))
+    expired = make_identity(
+        ca, "alice", not_before=timedelta(days=-10), not_after=timedelta(days=-1)
+    )
     with pytest.raises(KeyShareError, match="validity"):
         open_as(seal_to(expired, bob), bob, expired, ca)
 
@@ -347,17 +368,23 @@ def test_coordinator_substituted_blob(
         open_as(old, bob, keyholder, ca)
 
 
-def test_resigned_blob_is_not_misattributed(ca: Ca, keyholder: Identity, bob: Identity, carol: Identity) -> None:
+def test_resigned_blob_is_not_misattributed(
+    ca: Ca, keyholder: Identity, bob: Identity, carol: Identity
+) -> None:
     """Carol strips alice's signature and re-signs; bob must not accept it as carol's."""
-    from privacy.keyshare import _bound, _key_id, _lp, _SIGNATURE_TAG, _u16  # noqa: PLC0415
+    from privacy.keyshare import _SIGNATURE_TAG, _bound, _key_id, _lp, _u16
 
     blob = seal_to(keyholder, bob)
     parsed = keyshare._parse_blob(blob)
     carol_key = serialization.load_pem_private_key(carol.key_pem, password=None)
     assert isinstance(carol_key, ec.EllipticCurvePrivateKey)
     bound = _bound(
-        FED.encode(), b"bob", FINGERPRINT.encode(), _key_id(carol_key.public_key()),
-        parsed.ephemeral_public, bob.x_public,
+        FED.encode(),
+        b"bob",
+        FINGERPRINT.encode(),
+        _key_id(carol_key.public_key()),
+        parsed.ephemeral_public,
+        bob.x_public,
     )
     signature = carol_key.sign(_lp(_SIGNATURE_TAG, parsed.body, bound), ec.ECDSA(hashes.SHA256()))
     forged = parsed.body + _u16(signature)
@@ -387,7 +414,9 @@ def test_seal_rejects_bad_arguments(keyholder: Identity, bob: Identity) -> None:
         )
 
 
-def test_errors_never_contain_key_bytes(ca: Ca, keyholder: Identity, bob: Identity, carol: Identity) -> None:
+def test_errors_never_contain_key_bytes(
+    ca: Ca, keyholder: Identity, bob: Identity, carol: Identity
+) -> None:
     blob = seal_to(keyholder, bob)
     with pytest.raises(KeyShareError) as info:
         open_as(blob, carol, keyholder, ca, recipient_id=bob.name)
