@@ -87,7 +87,7 @@ def noise_multiplier_for_budget(
     """
     if not plan:
         raise ConfigError("plan must contain at least one release")
-    if target_epsilon <= 0 or not 0 < target_delta < 1:
+    if not (0 < target_epsilon < math.inf) or not 0 < target_delta < 1:  # rejects NaN
         raise ConfigError("target_epsilon must be > 0 and target_delta in (0, 1)")
 
     def eps(sigma: float) -> float:

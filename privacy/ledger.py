@@ -48,8 +48,8 @@ class PrivacyLedger:
     def __init__(
         self, path: str | Path, *, budget_epsilon: float, delta: float, accountant: str = "rdp"
     ) -> None:
-        if budget_epsilon <= 0 or not 0 < delta < 1:
-            raise ConfigError("budget_epsilon must be > 0 and delta in (0, 1)")
+        if not budget_epsilon > 0 or not 0 < delta < 1:  # also rejects NaN
+            raise ConfigError("budget_epsilon must be > 0 (inf allowed) and delta in (0, 1)")
         self.path = Path(path)
         self.budget_epsilon = budget_epsilon
         self.delta = delta
@@ -61,7 +61,16 @@ class PrivacyLedger:
     def _load(self) -> None:
         if not self.path.exists():
             return
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            # A torn tail from a crash: cut it so the next append starts on a fresh line.
+            keep = raw.rfind(b"\n") + 1
+            with self.path.open("r+b") as handle:
+                handle.truncate(keep)
+                handle.flush()
+                os.fsync(handle.fileno())
+            raw = raw[:keep]
+        for line in raw.decode("utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

@@ -11,7 +11,7 @@ from .errors import ConfigError
 
 def gaussian_std(*, noise_multiplier: float, sensitivity: float) -> float:
     """Standard deviation of the Gaussian mechanism: ``noise_multiplier * sensitivity``."""
-    if noise_multiplier < 0 or sensitivity <= 0:
+    if not (0 <= noise_multiplier < math.inf) or not (0 < sensitivity < math.inf):
         raise ConfigError(
             "noise_multiplier must be >= 0 and sensitivity > 0, got "
             f"{noise_multiplier} and {sensitivity}"

@@ -247,11 +247,6 @@ def test_noise_multiplier_invalid_config(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG privacy/accounting.py:90: NaN target_epsilon passes `target_epsilon <= 0`; "
-    "every `eps > nan` is False so the bisection collapses to sigma ~6e-7 (no privacy)",
-)
 def test_nan_target_epsilon_rejected() -> None:
     with pytest.raises(ConfigError):
         noise_multiplier_for_budget(

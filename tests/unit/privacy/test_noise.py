@@ -124,11 +124,6 @@ def test_gaussian_std_rejects_invalid(noise_multiplier: float, sensitivity: floa
         gaussian_std(noise_multiplier=noise_multiplier, sensitivity=sensitivity)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG privacy/noise.py:14: NaN/inf noise_multiplier or sensitivity pass the "
-    "`< 0` / `<= 0` checks and gaussian_std returns nan/inf instead of raising ConfigError",
-)
 @pytest.mark.parametrize(
     ("noise_multiplier", "sensitivity"),
     [(math.nan, 1.0), (1.0, math.nan), (math.inf, 1.0), (1.0, math.inf)],
