@@ -179,3 +179,25 @@ def test_peers_outside_the_roster_or_pki_are_refused(coordinator_factory, pki, t
     with pytest.raises(grpc.RpcError) as info:
         health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_restart_mid_round_keeps_accepted_contributions(coordinator_factory, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "durable"
+    server = coordinator_factory(roster=ROSTER, state_dir=state)
+    clients, context, federation = _setup_keys(pki, server.port)
+    values = {pid: np.full(100, float(i + 1)) for i, pid in enumerate(ROSTER)}
+    clients["org1"].submit(_header(federation, 100), ckks.encrypt_vector(context, values["org1"]),
+                           chunk_bytes=federation.chunk_bytes)
+    server.stop(grace_s=0)
+
+    restarted = coordinator_factory(roster=ROSTER, state_dir=state)
+    clients = {pid: _client(pki, pid, restarted.port) for pid in ROSTER}
+    status = clients["org2"].round("r1")
+    assert (status.state, status.contributions) == (pb.ROUND_STATE_OPEN, 1)
+    for pid in ("org2", "org3"):
+        clients[pid].submit(_header(federation, 100), ckks.encrypt_vector(context, values[pid]),
+                            chunk_bytes=federation.chunk_bytes)
+    aggregate = clients["org1"].download_aggregate("r1")
+    assert aggregate.contributions == 3
+    np.testing.assert_allclose(ckks.decrypt_vector(context, aggregate.blobs, length=100), 6.0,
+                               atol=1e-4)
