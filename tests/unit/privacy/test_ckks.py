@@ -98,6 +98,11 @@ def test_params_fingerprint_is_canonical() -> None:
     assert ckks.CkksParams(8192, (60, 40, 40, 60), 40).fingerprint() != PARAMS.fingerprint()
 
 
+def test_slot_count_of_contexts(keys: Keys) -> None:
+    assert ckks.slot_count(keys.secret) == SLOTS
+    assert ckks.slot_count(keys.public) == SLOTS
+
+
 def test_ciphertext_count() -> None:
     assert ckks.ciphertext_count(1, params=PARAMS) == 1
     assert ckks.ciphertext_count(2048, params=PARAMS) == 1
@@ -323,8 +328,8 @@ def test_validate_rejects_wrong_count_and_length(keys: Keys, blobs_2049: list[by
         ckks.validate_ciphertexts(keys.public, blobs_2049, expected_length=2050)
     with pytest.raises(CiphertextError):  # chunks swapped: first is not full
         ckks.validate_ciphertexts(keys.public, blobs_2049[::-1], expected_length=2049)
+    not_bytes: list = [blobs_2049[0], "text"]
     with pytest.raises(CiphertextError):
-        not_bytes: list = [blobs_2049[0], "text"]
         ckks.validate_ciphertexts(keys.public, not_bytes, expected_length=2049)
     with pytest.raises(ConfigError):
         ckks.validate_ciphertexts(keys.public, blobs_2049, expected_length=0)

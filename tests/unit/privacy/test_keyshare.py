@@ -163,7 +163,8 @@ def open_as(
 
 def test_generate_x25519_keypair() -> None:
     private, public = keyshare.generate_x25519_keypair()
-    assert len(private) == 32 and len(public) == 32
+    assert len(private) == 32
+    assert len(public) == 32
     assert keyshare.generate_x25519_keypair()[1] != public
 
 
