@@ -76,6 +76,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import ExperimentConfig, Harness
+    from .report import load_rows, markdown, plot
+
+    config = ExperimentConfig.from_toml(args.config)
+    out = Path(args.out or f"runs/{config.name}")
+    rows = Harness(config, out).run() if not args.report_only else load_rows(out / "results.jsonl")
+    command = f"fedctx experiment --config {args.config} --out {out}"
+    text = markdown(rows, command=command)
+    (out / "report.md").write_text(text)
+    plots = plot(rows, out)
+    print(text)
+    print(f"results: {out / 'results.jsonl'}; report: {out / 'report.md'}; plots: "
+          f"{[str(p) for p in plots] or 'none (pip install matplotlib)'}")
+    return 0
+
+
 def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
@@ -162,13 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="folder with train/test .jsonl or .csv")
     p.add_argument("--epsilon", type=float, default=8.0, help="per-participant budget; inf = off")
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--steps-per-round", type=int, default=8)
+    p.add_argument("--steps-per-round", type=int, default=12)
     p.add_argument("--test-per-class", type=int, default=40)
     p.add_argument("--vector-source", default="private",
                    choices=["private", "public", "random", "zero"])
     p.add_argument("--dirichlet-alpha", type=float, default=0.0, help="0 = IID split")
     p.add_argument("--workdir", default="")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("experiment", help="run a privacy-utility grid with baselines (resumable)")
+    p.add_argument("--config", required=True, help="TOML with an [experiment] table")
+    p.add_argument("--out", default="", help="output folder (default runs/<name>)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild report and plots")
+    p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("infer", help="classify texts with a calibrated task")
     p.add_argument("--calibrated", required=True, help="*-calibrated.pt from a participant")

@@ -31,8 +31,8 @@ class DemoOptions:
     target_epsilon: float = 8.0
     delta: float = 1e-5
     rounds: int = 4
-    steps_per_round: int = 8
-    batch_size: int = 8
+    steps_per_round: int = 12
+    batch_size: int = 16
     demonstrations_per_class: int = 8
     max_calibration_records: int = 256
     test_per_class: int = 40

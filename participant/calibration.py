@@ -32,7 +32,9 @@ class CalibrationConfig:
     """Local optimisation settings (reference-code defaults where the papers are silent).
 
     Attributes:
-        learning_rate: AdamW peak learning rate (I2CL: 0.01).
+        learning_rate: AdamW peak learning rate. I2CL uses 0.01 for 100 epochs; with
+            the ~50 local steps a CPU participant affords, 0.05 reached the accuracy of
+            200 steps at 0.01 on a validation slice of the train split (docs/results.md).
         weight_decay: AdamW weight decay (I2CL: 1e-3).
         batch_size: expected records per step (Poisson sampling in private mode).
         steps_per_round: local steps between two federated averages.
@@ -42,10 +44,10 @@ class CalibrationConfig:
         max_grad_norm: per-record gradient clip (DP-SGD); ignored without privacy.
     """
 
-    learning_rate: float = 0.01
+    learning_rate: float = 0.05
     weight_decay: float = 1e-3
-    batch_size: int = 8
-    steps_per_round: int = 8
+    batch_size: int = 16
+    steps_per_round: int = 12
     rounds: int = 4
     warmup_fraction: float = 0.05
     calibration_noise: float = 0.001

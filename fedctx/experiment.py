@@ -1,0 +1,335 @@
+"""``fedctx experiment``: privacy-utility grids with baselines, resumable, with a report.
+
+Every federated run is a real federation: an in-process coordinator on 127.0.0.1:0 with
+mutual TLS and one thread per participant, each with its own model instance, through the
+same :class:`participant.federation.Participant` code path as a deployment. Baselines
+(zero-shot, few-shot ICL, local-only I2CL, centralised I2CL) run in-process on the same
+splits and test queries. Results are appended to ``results.jsonl`` as each run ends; a
+killed sweep resumes without redoing finished runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import statistics
+import threading
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from privacy.errors import ConfigError
+
+METHODS_FEDERATED = "fedctx"
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentConfig:
+    """A grid of runs (every list is a grid axis)."""
+
+    name: str
+    tasks: tuple[str, ...] = ("sst2", "subj", "agnews", "trec")
+    data_root: str = "../shared/data"
+    model: str = "smollm2-135m"
+    participants: tuple[int, ...] = (10,)
+    dirichlet_alpha: tuple[float, ...] = (0.5,)
+    epsilons: tuple[float, ...] = (math.inf, 8.0, 1.0)
+    vector_sources: tuple[str, ...] = ("private", "public")
+    controls_at_epsilon: float = math.inf
+    control_sources: tuple[str, ...] = ("random", "zero")
+    seeds: tuple[int, ...] = (0,)
+    delta: float = 1e-5
+    demonstrations_per_class: int = 4
+    records_per_participant: int = 64
+    rounds: int = 4
+    steps_per_round: int = 6
+    batch_size: int = 16
+    learning_rate: float = 0.05
+    test_per_class: int = 25
+    few_shot_per_class: int = 1
+    baselines: tuple[str, ...] = ("zero_shot", "few_shot", "local_only", "centralised")
+    local_only_participants: int = 3
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ExperimentConfig:
+        """Load an ``[experiment]`` table."""
+        try:
+            table = tomllib.loads(Path(path).read_text(encoding="utf-8"))["experiment"]
+        except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read experiment config {path}: {exc}") from exc
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(table) - set(known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown experiment keys {sorted(unknown)}")
+        for key, value in list(table.items()):
+            if isinstance(value, list):
+                table[key] = tuple(float(v) if key in ("epsilons",) else v for v in value)
+        return cls(**table)
+
+
+@dataclass
+class RunSpec:
+    """One cell of the grid."""
+
+    task: str
+    method: str
+    participants: int
+    dirichlet_alpha: float
+    seed: int
+    epsilon: float = math.inf
+    vector_source: str = ""
+
+    def key(self) -> str:
+        """Stable id used for resuming."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
+    """Every run of the grid, baselines first."""
+    runs = []
+    for task, n, alpha, seed in itertools.product(config.tasks, config.participants,
+                                                  config.dirichlet_alpha, config.seeds):
+        for method in config.baselines:
+            runs.append(RunSpec(task, method, n, alpha, seed))
+        for eps, source in itertools.product(config.epsilons, config.vector_sources):
+            runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source))
+        for source in config.control_sources:
+            runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
+                                config.controls_at_epsilon, source))
+    return runs
+
+
+@dataclass
+class Harness:
+    """Runs a grid into ``out_dir``."""
+
+    config: ExperimentConfig
+    out_dir: Path
+    _cache: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def results_file(self) -> Path:
+        """Append-only results, one JSON object per run."""
+        return self.out_dir / "results.jsonl"
+
+    def finished(self) -> dict[str, dict[str, object]]:
+        """Runs already in the results file (for resuming)."""
+        if not self.results_file.exists():
+            return {}
+        rows = {}
+        for line in self.results_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row["run_key"]] = row
+        return rows
+
+    def run(self, *, progress: bool = True) -> list[dict[str, object]]:
+        """Run every unfinished cell; returns all rows."""
+        from tqdm.auto import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        done = self.finished()
+        todo = [r for r in plan_runs(self.config) if r.key() not in done]
+        for spec in tqdm(todo, desc="runs", disable=not progress):
+            start = time.perf_counter()
+            row = self._run_one(spec)
+            row.update(asdict(spec), run_key=spec.key(), wall_s=time.perf_counter() - start,
+                       model=self.config.model)
+            with self.results_file.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        return list(self.finished().values())
+
+    # -- shared pieces -----------------------------------------------------------------
+    def _lm(self):  # type: ignore[no-untyped-def]
+        if "lm" not in self._cache:
+            from participant.layers import resolve_layer_sites
+            from participant.model import load_model
+
+            lm = load_model(self.config.model)
+            self._cache["lm"] = (lm, resolve_layer_sites(lm.model))
+        return self._cache["lm"]
+
+    def _splits(self, spec: RunSpec):  # type: ignore[no-untyped-def]
+        from participant.data import balanced_sample, load_split, partition
+        from participant.tasks import load_task
+
+        key = f"{spec.task}/{spec.participants}/{spec.dirichlet_alpha}/{spec.seed}"
+        if key not in self._cache:
+            task = load_task(spec.task)
+            data_dir = str(Path(self.config.data_root) / spec.task)
+            train = load_split(task, "train", data_dir=data_dir if Path(data_dir).exists() else None)
+            test_all = load_split(task, "test", data_dir=data_dir if Path(data_dir).exists() else None)
+            parts = partition(train, num_parts=spec.participants, seed=spec.seed,
+                              dirichlet_alpha=spec.dirichlet_alpha or None,
+                              num_classes=len(task.labels))
+            parts = [p[: self.config.records_per_participant] for p in parts]
+            test = balanced_sample(test_all, per_class=self.config.test_per_class,
+                                   num_classes=len(task.labels), seed=1000 + spec.seed)
+            self._cache[key] = (task, parts, test, data_dir)
+        return self._cache[key]
+
+    def _calibration(self):  # type: ignore[no-untyped-def]
+        from participant.calibration import CalibrationConfig
+
+        c = self.config
+        return CalibrationConfig(rounds=c.rounds, steps_per_round=c.steps_per_round,
+                                 batch_size=c.batch_size, learning_rate=c.learning_rate)
+
+    # -- methods ------------------------------------------------------------------------
+    def _run_one(self, spec: RunSpec) -> dict[str, object]:
+        if spec.method == METHODS_FEDERATED:
+            return self._federated(spec)
+        return getattr(self, f"_baseline_{spec.method}")(spec)
+
+    def _scores(self, scores) -> dict[str, object]:  # type: ignore[no-untyped-def]
+        return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1, "n_test": scores.n}
+
+    def _baseline_zero_shot(self, spec: RunSpec) -> dict[str, object]:
+        from participant.evaluation import evaluate
+
+        lm, sites = self._lm()
+        task, _, test, _ = self._splits(spec)
+        return {**self._scores(evaluate(lm, sites, task, test)), "epsilon_spent": 0.0}
+
+    def _baseline_few_shot(self, spec: RunSpec) -> dict[str, object]:
+        from participant.data import balanced_sample
+        from participant.evaluation import few_shot_predict, score
+
+        lm, _ = self._lm()
+        task, parts, test, _ = self._splits(spec)
+        pooled = [e for p in parts for e in p]
+        demos = balanced_sample(pooled, per_class=self.config.few_shot_per_class,
+                                num_classes=len(task.labels), seed=spec.seed)
+        predictions = few_shot_predict(lm, task, demos, [e.text for e in test])
+        result = score(predictions, [e.label for e in test], num_classes=len(task.labels))
+        return {**self._scores(result), "epsilon_spent": math.inf,
+                "note": f"{len(demos)} demonstrations in the prompt (not private)"}
+
+    def _i2cl(self, spec: RunSpec, records: list, seed: int, steps_scale: int = 1):  # type: ignore[no-untyped-def,type-arg]
+        """Non-private I2CL on one record set: (vector, coefficients)."""
+        from participant.calibration import CalibrationConfig, LocalCalibrator
+        from participant.context_vectors import last_token_activations
+        from participant.data import balanced_sample
+        from participant.hooks import default_coefficients
+
+        lm, sites = self._lm()
+        task = self._splits(spec)[0]
+        demos = balanced_sample(records, per_class=self.config.demonstrations_per_class,
+                                num_classes=len(task.labels), seed=seed)
+        vector = last_token_activations(
+            lm, sites, [task.demonstration(e.text, e.label) for e in demos]).mean(0)
+        base = self._calibration()
+        config = CalibrationConfig(rounds=1, steps_per_round=base.total_steps * steps_scale,
+                                   batch_size=base.batch_size, learning_rate=base.learning_rate)
+        calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                     noise_multiplier=0.0, seed=seed)
+        start = default_coefficients(sites.num_layers)
+        return vector, start + calibrator.run_round(start)
+
+    def _baseline_local_only(self, spec: RunSpec) -> dict[str, object]:
+        from participant.evaluation import evaluate
+
+        lm, sites = self._lm()
+        task, parts, test, _ = self._splits(spec)
+        accs, f1s = [], []
+        for index in range(min(self.config.local_only_participants, len(parts))):
+            vector, coefficients = self._i2cl(spec, parts[index], seed=spec.seed + index)
+            s = evaluate(lm, sites, task, test, vector=vector, coefficients=coefficients)
+            accs.append(s.accuracy)
+            f1s.append(s.macro_f1)
+        return {"accuracy": statistics.mean(accs), "macro_f1": statistics.mean(f1s),
+                "accuracy_std_over_participants": statistics.pstdev(accs),
+                "n_test": len(test), "epsilon_spent": math.inf,
+                "note": f"mean over {len(accs)} participants calibrating alone"}
+
+    def _baseline_centralised(self, spec: RunSpec) -> dict[str, object]:
+        from participant.evaluation import evaluate
+
+        lm, sites = self._lm()
+        task, parts, test, _ = self._splits(spec)
+        pooled = [e for p in parts for e in p]
+        vector, coefficients = self._i2cl(spec, pooled, seed=spec.seed)
+        return {**self._scores(evaluate(lm, sites, task, test, vector=vector,
+                                        coefficients=coefficients)),
+                "epsilon_spent": math.inf, "note": "pooled data, one calibrator"}
+
+    def _federated(self, spec: RunSpec) -> dict[str, object]:
+        import torch
+
+        from coordinator.config import CoordinatorConfig
+        from coordinator.server import CoordinatorServer
+        from participant.config import ParticipantConfig, PrivacySettings
+        from participant.federation import Participant
+
+        from .provision import provision
+
+        task, parts, _, data_dir = self._splits(spec)
+        run_dir = self.out_dir / "runs" / spec.key()
+        ids = [f"p{i:02d}" for i in range(spec.participants)]
+        pki = provision(run_dir / "pki", ids)
+        federation_id = f"exp-{spec.key()}"
+        server = CoordinatorServer(CoordinatorConfig(
+            federation_id=federation_id, roster=tuple(ids), keyholder_id=ids[0],
+            state_dir=run_dir / "coordinator", tls_cert=pki.coordinator_cert,
+            tls_key=pki.coordinator_key, tls_ca=pki.ca_cert, round_timeout_s=3600,
+        )).start()
+        model_path = self.config.model
+        reports: dict[str, object] = {}
+        errors: list[BaseException] = []
+        torch.set_num_threads(1)
+
+        def run(index: int) -> None:
+            pid = ids[index]
+            data_file = run_dir / "data" / f"{pid}.jsonl"
+            data_file.parent.mkdir(parents=True, exist_ok=True)
+            data_file.write_text("".join(
+                json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n"
+                for e in parts[index]))
+            cert, key = pki.participants[pid]
+            config = ParticipantConfig(
+                participant_id=pid, coordinator=f"127.0.0.1:{server.port}", tls_cert=cert,
+                tls_key=key, tls_ca=pki.ca_cert, state_dir=run_dir / pid,
+                federation_id=federation_id, task=spec.task, model=model_path,
+                data_file=str(data_file), data_dir=data_dir,
+                vector_source=spec.vector_source,
+                demonstrations_per_class=self.config.demonstrations_per_class,
+                max_calibration_records=self.config.records_per_participant,
+                evaluate=index == 0, test_per_class=self.config.test_per_class,
+                seed=1000 + spec.seed if index == 0 else index,
+                privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta),
+                calibration=self._calibration(),
+            )
+            participant = Participant(config)
+            try:
+                reports[pid] = participant.run()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+            finally:
+                participant.close()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(spec.participants)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            server.stop(grace_s=0)
+        if errors:
+            raise errors[0]
+        first = reports[ids[0]]
+        scores = first.scores["injected_calibrated"]  # type: ignore[attr-defined]
+        return {
+            "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],
+            "uncalibrated_accuracy": first.scores["injected_uncalibrated"]["accuracy"],  # type: ignore[attr-defined]
+            "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]
+            "noise_multiplier": first.noise_multiplier,  # type: ignore[attr-defined]
+            "bytes_sent_per_participant": statistics.mean(
+                r.bytes_sent for r in reports.values()),  # type: ignore[attr-defined]
+            "client_seconds": first.seconds,  # type: ignore[attr-defined]
+        }
