@@ -26,7 +26,8 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy import ckks, keyshare
-from privacy.accounting import PlannedRelease, noise_multiplier_for_budget
+from privacy.accounting import PlannedRelease, epsilon_for_history, noise_multiplier_for_budget
+from privacy.errors import BudgetExhaustedError
 from privacy.ledger import PrivacyLedger
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
@@ -134,8 +135,12 @@ class Participant:
         self.state_dir = Path(config.state_dir)
         self.signing_key = config.tls_key.read_bytes()
         privacy = config.privacy
+        # One ledger per (data set, task): budgets span every federation using these records.
+        data_digest = hashlib.sha256(
+            "\n".join(f"{e.label}\t{e.text}" for e in self.records).encode()
+        ).hexdigest()[:16]
         self.ledger = PrivacyLedger(
-            self.state_dir / "ledger" / f"{config.federation_id}-{self.task.name}.jsonl",
+            self.state_dir / "ledger" / f"{self.task.name}-{data_digest}.jsonl",
             budget_epsilon=privacy.target_epsilon, delta=privacy.delta,
             accountant=privacy.accountant,
         )
@@ -158,9 +163,19 @@ class Participant:
         privacy = self.config.privacy
         if not privacy.private or not self.plan():
             return 0.0
+        prior = [
+            (e.noise_multiplier, e.sample_rate, e.steps) for e in self.ledger.entries
+            if not e.release_id.startswith(f"{self.config.federation_id}/")
+        ]
+        spent = epsilon_for_history(prior, delta=privacy.delta, accountant=privacy.accountant)
+        if spent >= privacy.target_epsilon:
+            raise BudgetExhaustedError(
+                f"these records already spent epsilon {spent:.3f} of the budget "
+                f"{privacy.target_epsilon:g} in earlier federations (ledger {self.ledger.path})"
+            )
         return noise_multiplier_for_budget(
             target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
-            plan=self.plan(), accountant=privacy.accountant,
+            plan=self.plan(), accountant=privacy.accountant, prior_history=prior,
         )
 
     # -- keys ---------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def noise_multiplier_for_budget(
     plan: Sequence[PlannedRelease],
     accountant: str = "rdp",
     epsilon_tolerance: float = 0.01,
+    prior_history: Sequence[tuple[float, float, int]] = (),
 ) -> float:
     """Smallest common noise multiplier whose composed epsilon is <= ``target_epsilon``.
 
@@ -81,6 +82,8 @@ def noise_multiplier_for_budget(
         plan: every release the participant will make.
         accountant: ``"rdp"`` or ``"prv"``.
         epsilon_tolerance: stop when the bracket's epsilon is within this of the target.
+        prior_history: releases already made from the same records (from the ledger);
+            the new plan gets only what they left of the budget.
 
     Returns:
         The noise multiplier (std / sensitivity) to use for every release in the plan.
@@ -92,8 +95,8 @@ def noise_multiplier_for_budget(
 
     def eps(sigma: float) -> float:
         return epsilon_for_history(
-            [(sigma, r.sample_rate, r.steps) for r in plan], delta=target_delta,
-            accountant=accountant,
+            [*prior_history, *((sigma, r.sample_rate, r.steps) for r in plan)],
+            delta=target_delta, accountant=accountant,
         )
 
     low, high = 0.0, 10.0
