@@ -7,10 +7,11 @@ check their shape, never decrypt.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import tenseal
 
@@ -91,6 +92,25 @@ class Aggregate:
     payload_sha256: bytes
     ckks_context_fingerprint: str
     kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEntry:
+    """A cached task's public header (the payload is ciphertext the coordinator can't read)."""
+
+    task_id: str
+    task_name: str
+    model_fingerprint: str
+    layer_map_fingerprint: str
+    ckks_context_fingerprint: str
+    vector_length: int
+    coefficient_count: int
+    num_ciphertexts: int
+    payload_bytes: int
+    payload_sha256: bytes
+    metadata_json: str
+    stored_by: str = ""
+    stored_at_unix_s: float = 0.0
 
 
 class Aggregator:
@@ -428,6 +448,73 @@ class Aggregator:
                             "[Aggregator.tick] round=%s failed: %d of quorum %d by deadline",
                             row.round_id, count, self.config.quorum,
                         )
+
+    # -- task cache -------------------------------------------------------------------
+    def put_task(self, peer_id: str, entry: TaskEntry, data: bytes) -> bool:
+        """Store a finished task (immutable); returns True for an identical re-upload."""
+        self._require_member(peer_id)
+        if self._public_context is None:
+            raise NotReadyError("keys are not published yet")
+        if not ROUND_ID.match(entry.task_id):
+            raise InvalidContributionError(f"task id {entry.task_id!r} is not valid")
+        for key in ("model_fingerprint", "layer_map_fingerprint"):
+            if getattr(entry, key) != self.pinned(key):
+                raise BindingMismatchError(f"{key} does not match the federation's")
+        if entry.ckks_context_fingerprint != self.store.get_meta("ckks_context_fingerprint"):
+            raise InvalidContributionError("task is bound to a different CKKS context")
+        if entry.payload_bytes > self.config.max_payload_bytes:
+            raise PayloadTooLargeError("task payload exceeds the size limit")
+        length = entry.vector_length + entry.coefficient_count
+        if entry.vector_length < 1 or entry.coefficient_count < 1:
+            raise InvalidContributionError("vector_length and coefficient_count must be >= 1")
+        if entry.num_ciphertexts != -(-length // self._slots):
+            raise InvalidContributionError("num_ciphertexts does not fit the declared lengths")
+        if len(data) != entry.payload_bytes or payload.sha256(data) != entry.payload_sha256:
+            raise InvalidContributionError("task payload truncated or corrupted (digest)")
+        try:
+            json.loads(entry.metadata_json or "{}")
+        except json.JSONDecodeError as exc:
+            raise InvalidContributionError("metadata_json is not JSON") from exc
+        header = Header(self.config.federation_id, entry.task_id, entry.model_fingerprint,
+                        entry.layer_map_fingerprint, entry.ckks_context_fingerprint, length,
+                        entry.num_ciphertexts, entry.payload_bytes, entry.payload_sha256,
+                        "vector_sum")
+        self._validate_payload(data, header)
+        with self._lock:
+            existing = self.store.query(
+                "SELECT blob_sha256 FROM tasks WHERE task_id = ?", (entry.task_id,))
+            if existing:
+                if existing[0][0] == entry.payload_sha256.hex():
+                    return True
+                raise ConflictError(f"task {entry.task_id!r} is already cached (immutable)")
+            digest = self.store.put_blob(data)
+            stored = TaskEntry(**{**asdict(entry), "stored_by": peer_id, "stored_at_unix_s": now()})
+            record = {**asdict(stored), "payload_sha256": entry.payload_sha256.hex()}
+            with self.store.transaction() as db:
+                db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?)",
+                           (entry.task_id, json.dumps(record), digest, peer_id, now()))
+        logger.info("[Aggregator.put_task] task=%s by=%s", entry.task_id, peer_id)
+        return False
+
+    def _task_entry(self, header_json: str) -> TaskEntry:
+        record = json.loads(header_json)
+        record["payload_sha256"] = bytes.fromhex(record["payload_sha256"])
+        return TaskEntry(**record)
+
+    def get_task(self, peer_id: str, task_id: str) -> tuple[TaskEntry, bytes]:
+        """A cached task's header and framed ciphertexts."""
+        self._require_member(peer_id)
+        rows = self.store.query(
+            "SELECT header_json, blob_sha256 FROM tasks WHERE task_id = ?", (task_id,))
+        if not rows:
+            raise NotFoundError(f"no cached task {task_id!r}")
+        return self._task_entry(str(rows[0][0])), self.store.get_blob(str(rows[0][1]))
+
+    def list_tasks(self, peer_id: str) -> list[TaskEntry]:
+        """Headers of every cached task."""
+        self._require_member(peer_id)
+        rows = self.store.query("SELECT header_json FROM tasks ORDER BY stored_at")
+        return [self._task_entry(str(r[0])) for r in rows]
 
     def round_status(self, peer_id: str, round_id: str) -> RoundStatus:
         """State of a round as seen by ``peer_id``."""

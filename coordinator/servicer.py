@@ -6,9 +6,11 @@ errors become ``INTERNAL`` with a generic message: internals and bytes are never
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
-from typing import NoReturn, TypeVar
+from dataclasses import asdict
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -16,7 +18,7 @@ from privacy.errors import ConfigError, CryptoError
 from proto.fedctx.v1 import fedctx_pb2 as pb
 from proto.fedctx.v1 import fedctx_pb2_grpc as pb_grpc
 
-from .aggregator import CLOSED, FAILED, OPEN, Aggregator, Header
+from .aggregator import CLOSED, FAILED, OPEN, Aggregator, Header, TaskEntry
 from .errors import (
     BindingMismatchError,
     ConflictError,
@@ -64,6 +66,37 @@ def peer_identity(context: grpc.ServicerContext) -> tuple[str, str]:
     if len(names) != 1 or len(pems) != 1:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
     return names[0].decode(), pems[0].decode()
+
+
+def _receive_stream(messages: Iterator[Any], *, chunk_bytes: int, max_bytes: int) -> tuple[Any, bytes]:
+    """``(header, payload)`` of a header-then-chunks stream, enforcing size limits."""
+    first = next(messages, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidContributionError("the first message must be the header")
+    header = first.header
+    limit = min(int(header.payload_bytes), max_bytes)
+    if header.payload_bytes > max_bytes:
+        raise PayloadTooLargeError(
+            f"payload of {header.payload_bytes} bytes exceeds the limit of {max_bytes}")
+    buffer = bytearray()
+    for message in messages:
+        if message.WhichOneof("part") != "chunk":
+            raise InvalidContributionError("only chunks may follow the header")
+        if len(message.chunk) > chunk_bytes:
+            raise InvalidContributionError("chunk larger than the federation's chunk_bytes")
+        buffer.extend(message.chunk)
+        if len(buffer) > limit:
+            raise InvalidContributionError("more payload bytes than the header announced")
+    return header, bytes(buffer)
+
+
+def _chunks(data: bytes, step: int) -> Iterator[bytes]:
+    for offset in range(0, len(data), step):
+        yield data[offset : offset + step]
+
+
+def _task_header(entry: TaskEntry) -> pb.TaskHeader:
+    return pb.TaskHeader(**{k: v for k, v in asdict(entry).items()})
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
@@ -146,16 +179,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 payload_bytes=h.payload_bytes, payload_sha256=h.payload_sha256, kind=h.kind,
             )
             self.aggregator.check_header(peer, header)
-            buffer = bytearray()
-            for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidContributionError("only chunks may follow the header")
-                if len(message.chunk) > self.config.chunk_bytes:
-                    raise InvalidContributionError("chunk larger than the federation's chunk_bytes")
-                buffer.extend(message.chunk)
-                if len(buffer) > header.payload_bytes:
-                    raise InvalidContributionError("more payload bytes than the header announced")
-            receipt = self.aggregator.submit(peer, header, bytes(buffer))
+            _, data = _receive_stream(
+                itertools.chain([first], request_iterator), chunk_bytes=self.config.chunk_bytes,
+                max_bytes=self.config.max_payload_bytes,
+            )
+            receipt = self.aggregator.submit(peer, header, data)
             return pb.SubmitContributionResponse(
                 round_id=receipt.round_id, payload_sha256=receipt.payload_sha256,
                 duplicate=receipt.duplicate, contributions=receipt.contributions,
@@ -184,6 +212,37 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             payload_bytes=len(agg.payload), payload_sha256=agg.payload_sha256,
             ckks_context_fingerprint=agg.ckks_context_fingerprint, kind=agg.kind,
         ))
-        step = self.config.chunk_bytes
-        for offset in range(0, len(agg.payload), step):
-            yield pb.DownloadAggregateResponse(chunk=agg.payload[offset : offset + step])
+        for chunk in _chunks(agg.payload, self.config.chunk_bytes):
+            yield pb.DownloadAggregateResponse(chunk=chunk)
+
+    def PutTask(self, request_iterator: Iterator[pb.PutTaskRequest], context: grpc.ServicerContext) -> pb.PutTaskResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+
+        def receive() -> pb.PutTaskResponse:
+            h, data = _receive_stream(request_iterator, chunk_bytes=self.config.chunk_bytes,
+                                      max_bytes=self.config.max_payload_bytes)
+            entry = TaskEntry(
+                task_id=h.task_id, task_name=h.task_name, model_fingerprint=h.model_fingerprint,
+                layer_map_fingerprint=h.layer_map_fingerprint,
+                ckks_context_fingerprint=h.ckks_context_fingerprint,
+                vector_length=h.vector_length, coefficient_count=h.coefficient_count,
+                num_ciphertexts=h.num_ciphertexts, payload_bytes=h.payload_bytes,
+                payload_sha256=h.payload_sha256, metadata_json=h.metadata_json,
+            )
+            duplicate = self.aggregator.put_task(peer, entry, data)
+            return pb.PutTaskResponse(task_id=entry.task_id, duplicate=duplicate)
+
+        return self._run("PutTask", context, receive)
+
+    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> Iterator[pb.GetTaskResponse]:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        entry, data = self._run("GetTask", context,
+                                lambda: self.aggregator.get_task(peer, request.task_id))
+        yield pb.GetTaskResponse(header=_task_header(entry))
+        for chunk in _chunks(data, self.config.chunk_bytes):
+            yield pb.GetTaskResponse(chunk=chunk)
+
+    def ListTasks(self, request: pb.ListTasksRequest, context: grpc.ServicerContext) -> pb.ListTasksResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        entries = self._run("ListTasks", context, lambda: self.aggregator.list_tasks(peer))
+        return pb.ListTasksResponse(tasks=[_task_header(e) for e in entries])

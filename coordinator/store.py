@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS rounds (
     vector_length INTEGER NOT NULL, num_ciphertexts INTEGER NOT NULL,
     opened_at REAL NOT NULL, deadline REAL NOT NULL, closed_at REAL,
     aggregate_sha256 TEXT, contributions_in_aggregate INTEGER);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY, header_json TEXT NOT NULL, blob_sha256 TEXT NOT NULL,
+    stored_by TEXT NOT NULL, stored_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS contributions (
     round_id TEXT NOT NULL, participant_id TEXT NOT NULL, payload_sha256 TEXT NOT NULL,
     payload_bytes INTEGER NOT NULL, received_at REAL NOT NULL,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -165,27 +165,56 @@ class CoordinatorClient:
         self.bytes_sent += len(data) + header.ByteSize()
         return response
 
+    def put_task(self, header: pb.TaskHeader, blobs: list[bytes], *, chunk_bytes: int) -> bool:
+        """Store a finished task in the coordinator's cache; True if it was already there."""
+        data = payload.frame(blobs)
+        header.payload_bytes = len(data)
+        header.payload_sha256 = payload.sha256(data)
+        header.num_ciphertexts = len(blobs)
+
+        def messages() -> Iterator[pb.PutTaskRequest]:
+            yield pb.PutTaskRequest(header=header)
+            for offset in range(0, len(data), chunk_bytes):
+                yield pb.PutTaskRequest(chunk=data[offset : offset + chunk_bytes])
+
+        response = self._call("PutTask", lambda: self.stub.PutTask(
+            messages(), timeout=self.stream_timeout_s))
+        self.bytes_sent += len(data) + header.ByteSize()
+        return bool(response.duplicate)
+
+    def get_task(self, task_id: str) -> tuple[pb.TaskHeader, list[bytes]] | None:
+        """A cached task (header, ciphertexts), or None if the coordinator has none."""
+
+        def fetch() -> tuple[pb.TaskHeader, list[bytes]] | None:
+            try:
+                header, data = _read_stream(self.stub.GetTask(
+                    pb.GetTaskRequest(task_id=task_id), timeout=self.stream_timeout_s),
+                    what=f"task {task_id!r}")
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    return None
+                raise
+            self.bytes_received += len(data)
+            return header, payload.unframe(data)
+
+        return self._call("GetTask", fetch)
+
+    def list_tasks(self) -> list[pb.TaskHeader]:
+        """Headers of the cached tasks."""
+        return list(self._call("ListTasks", lambda: self.stub.ListTasks(
+            pb.ListTasksRequest(), timeout=self.timeout_s)).tasks)
+
     def download_aggregate(self, round_id: str) -> DownloadedAggregate:
         """Download and digest-check a closed round's encrypted sum."""
 
         def fetch() -> DownloadedAggregate:
-            stream = self.stub.DownloadAggregate(
-                pb.DownloadAggregateRequest(round_id=round_id), timeout=self.stream_timeout_s)
-            header: pb.AggregateHeader | None = None
-            buffer = bytearray()
-            for message in stream:
-                if message.WhichOneof("part") == "header":
-                    header = message.header
-                else:
-                    buffer.extend(message.chunk)
-            if header is None or len(buffer) != header.payload_bytes:
-                raise ProtocolError(f"aggregate of round {round_id!r} arrived incomplete")
-            if payload.sha256(bytes(buffer)) != header.payload_sha256:
-                raise ProtocolError(f"aggregate of round {round_id!r} failed its digest check")
-            self.bytes_received += len(buffer)
+            header, data = _read_stream(self.stub.DownloadAggregate(
+                pb.DownloadAggregateRequest(round_id=round_id), timeout=self.stream_timeout_s),
+                what=f"aggregate of round {round_id!r}")
+            self.bytes_received += len(data)
             return DownloadedAggregate(
-                round_id, header.contributions, header.vector_length,
-                payload.unframe(bytes(buffer)), header.ckks_context_fingerprint, len(buffer),
+                round_id, header.contributions, header.vector_length, payload.unframe(data),
+                header.ckks_context_fingerprint, len(data),
             )
 
         return self._call("DownloadAggregate", fetch)
@@ -205,6 +234,24 @@ class CoordinatorClient:
                 raise ProtocolError(f"round {round_id!r} still open after {timeout_s:.0f} s")
             time.sleep(poll_s)
             poll_s = min(poll_s * 1.5, 2.0)
+
+
+def _read_stream(stream: Iterator[Any], *, what: str) -> tuple[Any, bytes]:
+    """``(header, payload)`` of a header-then-chunks response stream, digest-checked."""
+    header = None
+    buffer = bytearray()
+    for message in stream:
+        if message.WhichOneof("part") == "header":
+            if header is not None:
+                raise ProtocolError(f"{what}: two headers in one stream")
+            header = message.header
+        else:
+            buffer.extend(message.chunk)
+    if header is None or len(buffer) != header.payload_bytes:
+        raise ProtocolError(f"{what} arrived incomplete")
+    if payload.sha256(bytes(buffer)) != header.payload_sha256:
+        raise ProtocolError(f"{what} failed its digest check")
+    return header, bytes(buffer)
 
 
 def is_not_ready(exc: grpc.RpcError) -> bool:

@@ -85,6 +85,8 @@ class ParticipantConfig:
     ckks: CkksParams = field(default_factory=CkksParams)
     results_file: str = ""
     server_name: str = ""
+    cache_task: bool = True
+    use_cached_task: bool = False
 
     def __post_init__(self) -> None:
         if self.vector_source not in VECTOR_SOURCES:

@@ -47,7 +47,7 @@ from .evaluation import Scores, evaluate
 from .hooks import default_coefficients
 from .layers import layer_map_fingerprint, resolve_layer_sites
 from .model import load_model
-from .tasks import load_task
+from .tasks import TaskSpec, load_task
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,11 @@ class ParticipantReport:
     rounds: list[dict[str, object]] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def asdict_task(task: TaskSpec) -> dict[str, object]:
+    """The public part of a task spec (for cache metadata)."""
+    return {"name": task.name, "template": task.template, "labels": list(task.labels)}
 
 
 def _local_records(config: ParticipantConfig, task_labels: int) -> list[Example]:
@@ -318,6 +323,14 @@ class Participant:
                 raise ProtocolError(f"this participant's {key} differs from the federation's")
         timings["keys"] = time.perf_counter() - start
 
+        cached = self.fetch_cached_task() if cfg.use_cached_task else None
+        if cached is not None:
+            vector, coefficients = cached
+            report.rounds.append({"round": "task-cache", "contributions": 0})
+            report.epsilon_spent = self.ledger.epsilon_spent()
+            self._finish(report, vector, coefficients, timings)
+            return report
+
         start = time.perf_counter()
         reference = public_reference(self.lm, self.sites, task, batch_size=cfg.batch_size)
         shape = reference.vector.shape
@@ -387,7 +400,56 @@ class Participant:
                 logger.info("[Participant] round=%s contributions=%d", round_id, count)
         timings["calibration"] = time.perf_counter() - start
         report.epsilon_spent = self.ledger.epsilon_spent()
+        if cfg.cache_task and federation.keyholder_id == cfg.participant_id:
+            self.store_cached_task(vector, coefficients, federation, report)
+        self._finish(report, vector, coefficients, timings)
+        return report
 
+    # -- task cache -----------------------------------------------------------------------
+    def task_id(self) -> str:
+        """Cache key: task, vector source and model (the federation scopes the rest)."""
+        return f"{self.task.name}.{self.config.vector_source}.{self.lm.fingerprint[:16]}"
+
+    def store_cached_task(self, vector: torch.Tensor, coefficients: torch.Tensor,
+                          federation: pb.GetFederationResponse, report: ParticipantReport) -> None:
+        """Keyholder: encrypt the finished task and store it at the coordinator."""
+        assert self.secret_context is not None
+        values = np.concatenate([vector.double().numpy().ravel(),
+                                 coefficients.double().numpy().ravel()])
+        metadata = {"task": asdict_task(self.task), "vector_source": self.config.vector_source,
+                    "epsilon_spent_by_keyholder": report.epsilon_spent,
+                    "rounds": self.config.calibration.rounds}
+        header = pb.TaskHeader(
+            task_id=self.task_id(), task_name=self.task.name,
+            model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
+            ckks_context_fingerprint=federation.ckks_context_fingerprint,
+            vector_length=vector.numel(), coefficient_count=coefficients.numel(),
+            metadata_json=json.dumps(metadata),
+        )
+        self.client.put_task(header, ckks.encrypt_vector(self.secret_context, values),
+                             chunk_bytes=federation.chunk_bytes)
+
+    def fetch_cached_task(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The federation's cached task for this model, decrypted; None if absent."""
+        assert self.secret_context is not None
+        found = self.client.get_task(self.task_id())
+        if found is None:
+            return None
+        header, blobs = found
+        if (header.model_fingerprint, header.layer_map_fingerprint) != (self.lm.fingerprint,
+                                                                         self.layer_fp):
+            raise ProtocolError("the cached task was made for another model or layer map")
+        length = header.vector_length + header.coefficient_count
+        values = ckks.decrypt_vector(self.secret_context, blobs, length=length)
+        vector = torch.from_numpy(values[: header.vector_length]).float().reshape(
+            2, self.sites.num_layers, self.sites.hidden_size)
+        coefficients = torch.from_numpy(values[header.vector_length :]).float().reshape(
+            self.sites.num_layers, 4)
+        return vector, coefficients
+
+    def _finish(self, report: ParticipantReport, vector: torch.Tensor,
+                coefficients: torch.Tensor, timings: dict[str, float]) -> None:
+        cfg, task = self.config, self.task
         if cfg.evaluate:
             test = balanced_sample(load_split(task, "test", data_dir=cfg.data_dir or None),
                                    per_class=cfg.test_per_class, num_classes=len(task.labels),
@@ -413,7 +475,6 @@ class Participant:
                    self.state_dir / f"{cfg.federation_id}-{task.name}-calibrated.pt")
         if cfg.results_file:
             Path(cfg.results_file).write_text(json.dumps(asdict(report), indent=2))
-        return report
 
     def _check_precision(self, values: np.ndarray, sigma: float, clip: float, reference,  # type: ignore[no-untyped-def]
                          n: int, federation: pb.GetFederationResponse) -> None:

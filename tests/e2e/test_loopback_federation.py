@@ -90,3 +90,41 @@ def test_two_participants_private_federation(
     for pid in ("org1", "org2"):
         ledger = next((tmp_path / pid / "ledger").glob("*.jsonl")).read_text()
         assert ledger.count('"event": "commit"') == 3
+
+
+def test_finished_task_is_cached_and_reused_without_new_releases(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    import dataclasses
+
+    from participant.client import CoordinatorClient, TlsFiles
+    from participant.federation import Participant
+
+    server = coordinator_factory()
+    configs = [
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            vector_source="public")
+        for pid in ("org1", "org2")
+    ]
+    reports = _run_all(configs)
+    spent = reports["org2"].epsilon_spent
+    assert [r["round"] for r in reports["org2"].rounds] == ["calib-public-1", "calib-public-2"]
+    first = torch.load(tmp_path / "org2" / "fed-test-sst2-calibrated.pt", weights_only=True)
+
+    cert, key = pki.participants["org2"]
+    with CoordinatorClient(f"127.0.0.1:{server.port}", TlsFiles(cert, key, pki.ca_cert)) as c:
+        (entry,) = c.list_tasks()
+    assert entry.stored_by == "org1" and entry.task_name == "sst2"
+    assert entry.vector_length == first["vector"].numel()
+
+    # Later, org2 (e.g. an inference node of the same organisation) reuses the cached task.
+    again = Participant(dataclasses.replace(configs[1], use_cached_task=True))
+    try:
+        report = again.run()
+    finally:
+        again.close()
+    assert [r["round"] for r in report.rounds] == ["task-cache"]
+    assert report.epsilon_spent == spent  # nothing new was released
+    cached = torch.load(tmp_path / "org2" / "fed-test-sst2-calibrated.pt", weights_only=True)
+    assert torch.allclose(cached["vector"], first["vector"], atol=1e-4)
+    assert torch.allclose(cached["coefficients"], first["coefficients"], atol=1e-5)

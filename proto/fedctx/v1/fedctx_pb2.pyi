@@ -251,3 +251,73 @@ class DownloadAggregateResponse(_message.Message):
     header: AggregateHeader
     chunk: bytes
     def __init__(self, header: _Optional[_Union[AggregateHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class TaskHeader(_message.Message):
+    __slots__ = ("task_id", "task_name", "model_fingerprint", "layer_map_fingerprint", "ckks_context_fingerprint", "vector_length", "coefficient_count", "num_ciphertexts", "payload_bytes", "payload_sha256", "metadata_json", "stored_by", "stored_at_unix_s")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_MAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CKKS_CONTEXT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    COEFFICIENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NUM_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    STORED_BY_FIELD_NUMBER: _ClassVar[int]
+    STORED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    task_name: str
+    model_fingerprint: str
+    layer_map_fingerprint: str
+    ckks_context_fingerprint: str
+    vector_length: int
+    coefficient_count: int
+    num_ciphertexts: int
+    payload_bytes: int
+    payload_sha256: bytes
+    metadata_json: str
+    stored_by: str
+    stored_at_unix_s: float
+    def __init__(self, task_id: _Optional[str] = ..., task_name: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., ckks_context_fingerprint: _Optional[str] = ..., vector_length: _Optional[int] = ..., coefficient_count: _Optional[int] = ..., num_ciphertexts: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., metadata_json: _Optional[str] = ..., stored_by: _Optional[str] = ..., stored_at_unix_s: _Optional[float] = ...) -> None: ...
+
+class PutTaskRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: TaskHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class PutTaskResponse(_message.Message):
+    __slots__ = ("task_id", "duplicate")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    duplicate: bool
+    def __init__(self, task_id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class GetTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class GetTaskResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: TaskHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskHeader]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskHeader, _Mapping]]] = ...) -> None: ...

@@ -74,6 +74,21 @@ class CoordinatorStub:
                 request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DownloadAggregateRequest.SerializeToString,
                 response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DownloadAggregateResponse.FromString,
                 _registered_method=True)
+        self.PutTask = channel.stream_unary(
+                '/fedctx.v1.Coordinator/PutTask',
+                request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.PutTaskRequest.SerializeToString,
+                response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.PutTaskResponse.FromString,
+                _registered_method=True)
+        self.GetTask = channel.unary_stream(
+                '/fedctx.v1.Coordinator/GetTask',
+                request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetTaskResponse.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/fedctx.v1.Coordinator/ListTasks',
+                request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -134,6 +149,27 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutTask(self, request_iterator, context):
+        """Task cache: a finished task (encrypted global vector and coefficients, plus public
+        metadata) stored by a roster member and served to later participants without
+        recomputation. Streamed like contributions; entries are immutable once stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +212,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DownloadAggregate,
                     request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DownloadAggregateRequest.FromString,
                     response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DownloadAggregateResponse.SerializeToString,
+            ),
+            'PutTask': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutTask,
+                    request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.PutTaskRequest.FromString,
+                    response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.PutTaskResponse.SerializeToString,
+            ),
+            'GetTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetTaskRequest.FromString,
+                    response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.ListTasksRequest.FromString,
+                    response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.ListTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +445,87 @@ class Coordinator:
             '/fedctx.v1.Coordinator/DownloadAggregate',
             proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DownloadAggregateRequest.SerializeToString,
             proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DownloadAggregateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTask(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedctx.v1.Coordinator/PutTask',
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.PutTaskRequest.SerializeToString,
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.PutTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedctx.v1.Coordinator/GetTask',
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetTaskRequest.SerializeToString,
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedctx.v1.Coordinator/ListTasks',
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.ListTasksRequest.SerializeToString,
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.ListTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
