@@ -24,6 +24,8 @@ from pathlib import Path
 from privacy.errors import ConfigError
 
 METHODS_FEDERATED = "fedctx"
+#: Named in ``baselines`` but run once per epsilon, as a real federation (DP-FedAvg-LoRA).
+METHOD_LORA = "dp_fedavg_lora"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,13 @@ class ExperimentConfig:
     few_shot_per_class: int = 1
     baselines: tuple[str, ...] = ("zero_shot", "few_shot", "local_only", "centralised")
     local_only_participants: int = 3
+    vector_clip_modes: tuple[str, ...] = ("deviation",)
+    lora_rank: int = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    lora_rounds: int = 2
+    lora_steps_per_round: int = 4
+    lora_batch_size: int = 8
+    lora_learning_rate: float = 1e-3
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -81,10 +90,14 @@ class RunSpec:
     seed: int
     epsilon: float = math.inf
     vector_source: str = ""
+    vector_clip_mode: str = "deviation"
 
     def key(self) -> str:
-        """Stable id used for resuming."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Stable id used for resuming (fields at their defaults keep older keys valid)."""
+        fields_ = asdict(self)
+        if fields_["vector_clip_mode"] == "deviation":
+            del fields_["vector_clip_mode"]
+        return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
@@ -93,9 +106,16 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     for task, n, alpha, seed in itertools.product(config.tasks, config.participants,
                                                   config.dirichlet_alpha, config.seeds):
         for method in config.baselines:
-            runs.append(RunSpec(task, method, n, alpha, seed))
+            if method != METHOD_LORA:
+                runs.append(RunSpec(task, method, n, alpha, seed))
+        if METHOD_LORA in config.baselines:
+            for eps in config.epsilons:
+                runs.append(RunSpec(task, METHOD_LORA, n, alpha, seed, eps, ""))
         for eps, source in itertools.product(config.epsilons, config.vector_sources):
-            runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source))
+            modes = config.vector_clip_modes if source == "private" and not math.isinf(eps) \
+                else ("deviation",)
+            for mode in modes:
+                runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode))
         for source in config.control_sources:
             runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
                                 config.controls_at_epsilon, source))
@@ -258,6 +278,91 @@ class Harness:
                                         coefficients=coefficients)),
                 "epsilon_spent": math.inf, "note": "pooled data, one calibrator"}
 
+    def _baseline_dp_fedavg_lora(self, spec: RunSpec) -> dict[str, object]:
+        return self._lora(spec)
+
+    def _lora(self, spec: RunSpec) -> dict[str, object]:
+        """DP-FedAvg of LoRA adapters: a real federation, like :meth:`_federated`."""
+        import torch
+
+        from coordinator.config import CoordinatorConfig
+        from coordinator.server import CoordinatorServer
+        from participant.config import ParticipantConfig, PrivacySettings
+        from participant.lora import LoraConfigSpec
+        from participant.lora_federation import run_lora_participant
+
+        from .provision import provision
+
+        c = self.config
+        lora = LoraConfigSpec(rank=c.lora_rank, alpha=2.0 * c.lora_rank,
+                              target_modules=tuple(c.lora_targets), rounds=c.lora_rounds,
+                              steps_per_round=c.lora_steps_per_round,
+                              batch_size=c.lora_batch_size, learning_rate=c.lora_learning_rate)
+        task, parts, _, data_dir = self._splits(spec)
+        run_dir = self.out_dir / "runs" / spec.key()
+        ids = [f"p{i:02d}" for i in range(spec.participants)]
+        pki = provision(run_dir / "pki", ids)
+        federation_id = f"exp-{spec.key()}"
+        server = CoordinatorServer(CoordinatorConfig(
+            federation_id=federation_id, roster=tuple(ids), keyholder_id=ids[0],
+            state_dir=run_dir / "coordinator", tls_cert=pki.coordinator_cert,
+            tls_key=pki.coordinator_key, tls_ca=pki.ca_cert, round_timeout_s=3600,
+        )).start()
+        reports: dict[str, object] = {}
+        errors: list[BaseException] = []
+        torch.set_num_threads(1)
+
+        def run(index: int) -> None:
+            pid = ids[index]
+            data_file = run_dir / "data" / f"{pid}.jsonl"
+            data_file.parent.mkdir(parents=True, exist_ok=True)
+            data_file.write_text("".join(
+                json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n"
+                for e in parts[index]))
+            cert, key = pki.participants[pid]
+            config = ParticipantConfig(
+                participant_id=pid, coordinator=f"127.0.0.1:{server.port}", tls_cert=cert,
+                tls_key=key, tls_ca=pki.ca_cert, state_dir=run_dir / pid,
+                federation_id=federation_id, task=spec.task, model=c.model,
+                data_file=str(data_file), data_dir=data_dir, vector_source="zero",
+                max_calibration_records=c.records_per_participant,
+                evaluate=index == 0, test_per_class=c.test_per_class,
+                seed=1000 + spec.seed if index == 0 else index,
+                privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=c.delta),
+            )
+            try:
+                reports[pid] = run_lora_participant(config, lora)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(spec.participants)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            server.stop(grace_s=0)
+        if errors:
+            raise errors[0]
+        first = reports[ids[0]]
+        scores = first.scores["lora"]  # type: ignore[attr-defined]
+        rounds = [r for rep in reports.values() for r in rep.rounds]  # type: ignore[attr-defined]
+        return {
+            "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],
+            "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]
+            "noise_multiplier": first.noise_multiplier,  # type: ignore[attr-defined]
+            "bytes_sent_per_participant": statistics.mean(
+                r.bytes_sent for r in reports.values()),  # type: ignore[attr-defined]
+            "bytes_per_round": statistics.mean(r["bytes_sent"] for r in rounds),
+            "client_seconds_per_round": statistics.mean(r["client_seconds"] for r in rounds),
+            "secure_mean_seconds_per_round": statistics.mean(
+                r["secure_mean_seconds"] for r in rounds),
+            "adapter_values": first.adapter_values,  # type: ignore[attr-defined]
+            "lora": first.lora,  # type: ignore[attr-defined]
+            "client_seconds": first.seconds,  # type: ignore[attr-defined]
+        }
+
     def _federated(self, spec: RunSpec) -> dict[str, object]:
         import torch
 
@@ -301,7 +406,8 @@ class Harness:
                 max_calibration_records=self.config.records_per_participant,
                 evaluate=index == 0, test_per_class=self.config.test_per_class,
                 seed=1000 + spec.seed if index == 0 else index,
-                privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta),
+                privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta,
+                                        vector_clip_mode=spec.vector_clip_mode),
                 calibration=self._calibration(),
             )
             participant = Participant(config)

@@ -14,7 +14,8 @@ def _label(row: dict[str, object]) -> str:
         return str(row["method"])
     eps = float(row["epsilon"])  # type: ignore[arg-type]
     budget = "no DP" if math.isinf(eps) else f"eps={eps:g}"
-    return f"fedctx {row['vector_source']} ({budget})"
+    clip = ", raw clipping" if row.get("vector_clip_mode", "deviation") == "raw" else ""
+    return f"fedctx {row['vector_source']} ({budget}{clip})"
 
 
 def _mean_std(values: list[float]) -> str:

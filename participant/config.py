@@ -25,7 +25,10 @@ class PrivacySettings:
         delta: delta of the budget (should be < 1 / number of records).
         accountant: Opacus accountant, ``rdp`` (default) or ``prv``.
         vector_clip_norm: whitened per-record clip of the context-vector release;
-            0 means the default sqrt(2L).
+            0 means the default (sqrt(2L) for deviations, the public median for raw).
+        vector_clip_mode: ``deviation`` (default: clip each record's deviation from the
+            public reference) or ``raw`` (clip raw activations; a comparison arm that
+            wastes the budget on the component common to all inputs).
         max_grad_norm: per-record gradient clip in calibration (DP-SGD).
     """
 
@@ -33,6 +36,7 @@ class PrivacySettings:
     delta: float = 1e-5
     accountant: str = "rdp"
     vector_clip_norm: float = 0.0
+    vector_clip_mode: str = "deviation"
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
@@ -40,6 +44,8 @@ class PrivacySettings:
             raise ConfigError("target_epsilon must be > 0 (inf for no privacy)")
         if not 0 < self.delta < 1:
             raise ConfigError("delta must be in (0, 1)")
+        if self.vector_clip_mode not in ("deviation", "raw"):
+            raise ConfigError("vector_clip_mode must be 'deviation' or 'raw'")
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError("accountant must be 'rdp' or 'prv'")
 

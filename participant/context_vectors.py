@@ -50,10 +50,18 @@ class PublicReference:
         vector: ``[2, L, d]`` mean activation of template-formatted public demonstrations.
         block_scales: ``[2L]`` RMS norm of public demonstrations' deviation from
             ``vector`` per (sub-block, layer): the whitening scales for clipping.
+        raw_clip_norm: median whitened norm of the public demonstrations' *raw*
+            activations: the clip norm of the ``raw`` clipping mode (a comparison arm).
     """
 
     vector: torch.Tensor
     block_scales: torch.Tensor
+    raw_clip_norm: float = 0.0
+
+    def centred_at_zero(self) -> PublicReference:
+        """The same scales around a zero vector (clipping raw activations)."""
+        return PublicReference(torch.zeros_like(self.vector), self.block_scales,
+                               self.raw_clip_norm)
 
 
 def public_reference(
@@ -69,7 +77,10 @@ def public_reference(
     deviation = (acts - mean).reshape(acts.shape[0], 2 * sites.num_layers, -1)
     rms = deviation.norm(dim=2).pow(2).mean(dim=0).sqrt()
     floor = rms[rms > 0].min() if bool((rms > 0).any()) else torch.tensor(1.0)
-    return PublicReference(mean.float(), torch.clamp(rms, min=float(floor)).float())
+    scales = torch.clamp(rms, min=float(floor))
+    raw = (acts.reshape(acts.shape[0], 2 * sites.num_layers, -1) / scales[None, :, None])
+    raw_clip = float(raw.reshape(acts.shape[0], -1).norm(dim=1).median())
+    return PublicReference(mean.float(), scales.float(), raw_clip)
 
 
 def random_vector_like(reference: torch.Tensor, *, seed: int) -> torch.Tensor:

@@ -339,10 +339,13 @@ class Participant:
                                           [task.demonstration(e.text, e.label) for e in demos],
                                           batch_size=cfg.batch_size)
             timings["vector_forward"] = time.perf_counter() - start
-            clip = cfg.privacy.vector_clip_norm or default_vector_clip_norm(2 * shape[1])
+            raw_mode = cfg.privacy.vector_clip_mode == "raw"
+            center = reference.centred_at_zero() if raw_mode else reference
+            clip = cfg.privacy.vector_clip_norm or (
+                reference.raw_clip_norm if raw_mode else default_vector_clip_norm(2 * shape[1]))
             private_start = time.perf_counter()
             deviation = private_deviation_mean(
-                acts, reference, clip_norm=clip if cfg.privacy.private else None,
+                acts, center, clip_norm=clip if cfg.privacy.private else None,
                 noise_multiplier=sigma,
             ).numpy().ravel()
             release = f"{cfg.federation_id}/vector"
@@ -355,7 +358,7 @@ class Participant:
             self._check_precision(deviation, sigma, clip, reference, len(demos), federation)
             mean, count = self.secure_mean("vector", deviation, kind="context_vector",
                                            federation=federation, release_id=release)
-            vector = reference.vector + torch.from_numpy(mean).reshape(shape).float()
+            vector = center.vector + torch.from_numpy(mean).reshape(shape).float()
             report.rounds.append({"round": "vector", "contributions": count})
             timings["vector_private_path"] = time.perf_counter() - private_start
         elif cfg.vector_source == "public":
