@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", default="1,10,50,100,200")
     parser.add_argument("--distinct", type=int, default=8,
                         help="distinct encrypted vectors cycled over the N contributions")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=int, default=3,
                         help="timed repeats per (size, N); the median is reported")
     args = parser.parse_args(argv)
     if args.quick:

@@ -14,8 +14,9 @@ Same sst2 test queries (class-balanced) for every method, on the default model:
 * few-shot, full prompt (benchmark-local, for the batch-16 comparison): prefix + query as one
   prompt per query, right-padded batches, scored like ``predict``.
 
-Per method and batch size: a warm-up pass, then ``--repeats`` timed passes over all queries;
-the median pass time / number of queries is the latency per query. Ratios are taken against
+Every (method, batch size) cell gets a warm-up call, then ``--repeats`` timed passes over all
+queries, interleaved across cells (so load drift affects all alike); the median pass time /
+number of queries is the latency per query. Ratios are taken against
 zero-shot at the same batch size (target: injected / zero-shot <= 1.10). Accuracy is printed
 as a sanity check only (few queries).
 """
@@ -66,7 +67,7 @@ def few_shot_full_prompt(lm: LoadedModel, task: TaskSpec, demonstrations: list[E
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear script
     """Parse arguments, time every method, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 queries, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="16 queries, k=1 only, 1 repeat")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--data-dir", default=str(SHARED_DATA / "sst2"))
     parser.add_argument("--queries", type=int, default=64)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.queries, args.repeats = 16, 1
+        args.queries, args.repeats, args.shots = 16, 1, "1"
     set_torch_threads(args.threads)
     quiet_transformers()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -121,18 +122,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
 
     per_query: dict[tuple[str, int], float] = {}
     accuracy: dict[tuple[str, int], float] = {}
-    for name, fn, _, _ in methods:
+    cells = []
+    for name, fn, _, _ in methods:  # warm-up every cell once; drop unsupported ones
         for b in batch_sizes:
             assert fn is not None
-            if fn(texts[: max(1, min(b, len(texts)))], b) is None:  # warm-up / unsupported
-                continue
-            times, preds = [], []
-            for _ in range(max(1, args.repeats)):
-                start = time.perf_counter()
-                preds = fn(texts, b)
-                times.append(time.perf_counter() - start)
-            per_query[(name, b)] = median(times) / len(texts)
+            if fn(texts[: max(1, min(b, len(texts)))], b) is not None:
+                cells.append((name, fn, b))
+    times: dict[tuple[str, int], list[float]] = {(n, b): [] for n, _, b in cells}
+    for _ in range(max(1, args.repeats)):  # interleaved, so load drift hits every method alike
+        for name, fn, b in cells:
+            start = time.perf_counter()
+            preds = fn(texts, b)
+            times[(name, b)].append(time.perf_counter() - start)
             accuracy[(name, b)] = sum(p == y for p, y in zip(preds, labels)) / len(labels)
+    for key, values in times.items():
+        per_query[key] = median(values) / len(texts)
 
     rows = []
     for name, _, prompt_tokens, how in methods:

@@ -327,7 +327,7 @@ class Harness:
                 data_file=str(data_file), data_dir=data_dir, vector_source="zero",
                 max_calibration_records=c.records_per_participant,
                 evaluate=index == 0, test_per_class=c.test_per_class,
-                seed=1000 + spec.seed if index == 0 else index,
+                seed=1000 * spec.seed + index, test_seed=1000 + spec.seed,
                 privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=c.delta),
             )
             try:
@@ -405,7 +405,7 @@ class Harness:
                 demonstrations_per_class=self.config.demonstrations_per_class,
                 max_calibration_records=self.config.records_per_participant,
                 evaluate=index == 0, test_per_class=self.config.test_per_class,
-                seed=1000 + spec.seed if index == 0 else index,
+                seed=1000 * spec.seed + index, test_seed=1000 + spec.seed,
                 privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta,
                                         vector_clip_mode=spec.vector_clip_mode),
                 calibration=self._calibration(),

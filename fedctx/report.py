@@ -10,6 +10,9 @@ from pathlib import Path
 
 
 def _label(row: dict[str, object]) -> str:
+    if row["method"] == "dp_fedavg_lora":
+        eps = float(row["epsilon"])  # type: ignore[arg-type]
+        return f"dp_fedavg_lora ({'no DP' if math.isinf(eps) else f'eps={eps:g}'})"
     if row["method"] != "fedctx":
         return str(row["method"])
     eps = float(row["epsilon"])  # type: ignore[arg-type]

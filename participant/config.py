@@ -85,6 +85,7 @@ class ParticipantConfig:
     evaluate: bool = True
     test_per_class: int = 40
     seed: int = 0
+    test_seed: int = -1
     batch_size: int = 16
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

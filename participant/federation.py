@@ -456,7 +456,7 @@ class Participant:
         if cfg.evaluate:
             test = balanced_sample(load_split(task, "test", data_dir=cfg.data_dir or None),
                                    per_class=cfg.test_per_class, num_classes=len(task.labels),
-                                   seed=1000 + cfg.seed)
+                                   seed=cfg.test_seed if cfg.test_seed >= 0 else 1000 + cfg.seed)
             start = time.perf_counter()
             runs: dict[str, Scores] = {
                 "zero_shot": evaluate(self.lm, self.sites, task, test, batch_size=cfg.batch_size),

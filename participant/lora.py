@@ -3,9 +3,10 @@
 The frozen model gets LoRA adapters (PEFT ``inject_adapter_in_model``, in place, so the
 participant's :class:`~participant.model.LoadedModel` scores with them) on the attention
 projections; only the adapter weights are trainable. Objective: the same as coefficient
-calibration (:mod:`participant.calibration`): cross-entropy over the full vocabulary of the
-label word's first token at the last token of the zero-demonstration prompt
-``task.query(text)``.
+calibration (:mod:`participant.calibration`, ``CalibrationConfig.loss``): at the last token
+of the zero-demonstration prompt ``task.query(text)``, cross-entropy of the label word's
+first token over the label words' first tokens (``label_words``, calibration's default) or
+over the full vocabulary (``full_vocab``).
 
 Privacy (record level, as everywhere in fedctx): per-record gradients come from Opacus's
 ``GradSampleModule`` hooks on the adapters' ``nn.Linear`` layers (``lora_A`` / ``lora_B``),
@@ -68,6 +69,7 @@ class LoraConfigSpec:
         rounds: federated rounds.
         max_grad_norm: per-record L2 clip over all adapter weights (private mode only).
         init_seed: public seed of the shared initial adapter.
+        loss: ``label_words`` or ``full_vocab``, as ``CalibrationConfig.loss``.
     """
 
     rank: int = 8
@@ -80,6 +82,7 @@ class LoraConfigSpec:
     rounds: int = 2
     max_grad_norm: float = 1.0
     init_seed: int = 0
+    loss: str = "label_words"
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
@@ -92,6 +95,8 @@ class LoraConfigSpec:
             raise ConfigError("batch_size, steps_per_round and rounds must be >= 1")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("learning_rate and max_grad_norm must be > 0")
+        if self.loss not in ("label_words", "full_vocab"):
+            raise ConfigError("loss must be 'label_words' or 'full_vocab'")
 
     @property
     def total_steps(self) -> int:
@@ -222,8 +227,10 @@ class LocalLoraTrainer:
     def _summed_loss(self, model: torch.nn.Module, indices: list[int]) -> torch.Tensor:
         input_ids, mask, last = self.queries.batch(indices)
         final = self._final_logits(model, input_ids, mask, last)
-        targets = self.queries.label_token_ids[self.queries.labels[indices]]
-        return F.cross_entropy(final, targets, reduction="sum")
+        labels = self.queries.labels[indices]
+        if self.config.loss == "label_words":
+            return F.cross_entropy(final[:, self.queries.label_token_ids], labels, reduction="sum")
+        return F.cross_entropy(final, self.queries.label_token_ids[labels], reduction="sum")
 
     def _train_mode(self, on: bool) -> None:
         # Only the adapters: Opacus captures activations of modules in training mode, and

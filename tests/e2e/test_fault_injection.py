@@ -83,7 +83,8 @@ def write_config(path: Path, pki: Any, state_dir: Path, **overrides: object) -> 
         "host": "127.0.0.1", "port": 0, "chunk_bytes": CHUNK, "round_timeout_s": 600.0,
         **overrides,
     }
-    path.write_text("[coordinator]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()))
+    lines = [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+    path.write_text("[coordinator]\n" + "\n".join(lines) + "\n")
     return path
 
 
@@ -237,7 +238,9 @@ def pki(tmp_path: Path) -> Any:
 
 
 # --------------------------------------------------------------------------- (a)
-def test_coordinator_killed_mid_round_resumes_after_restart(launch, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_coordinator_killed_mid_round_resumes_after_restart(
+    launch: Any, pki: Any, tmp_path: Path
+) -> None:
     state = tmp_path / "state"
     config = write_config(tmp_path / "coordinator.toml", pki, state)
     first = launch(config, state, pki)
@@ -355,7 +358,9 @@ def _kill_participant_mid_upload(pki: Any, port: int, workdir: Path, data: bytes
     return int((workdir / "sent").read_text())
 
 
-def test_participant_killed_mid_upload_leaves_no_trace(launch, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_participant_killed_mid_upload_leaves_no_trace(
+    launch: Any, pki: Any, tmp_path: Path
+) -> None:
     state = tmp_path / "state"
     config = write_config(tmp_path / "coordinator.toml", pki, state)
     coordinator = launch(config, state, pki)
@@ -415,7 +420,7 @@ def test_participant_killed_mid_upload_leaves_no_trace(launch, pki, tmp_path) ->
 
 
 # --------------------------------------------------------------------------- (c)
-def test_participant_that_never_shows_up(launch, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_participant_that_never_shows_up(launch: Any, pki: Any, tmp_path: Path) -> None:
     """Two coordinators side by side (one wait for both deadlines): quorum 2/3 and 3/3."""
     timeout_s = 2.0
     setups = {}

@@ -7,8 +7,12 @@ typed requests and raw undecodable request bodies at every RPC. After each case:
 
 * the call ended with a status code before its deadline (nothing hangs);
 * the code is one the RPC may legitimately answer, never ``UNKNOWN``, and never
-  ``INTERNAL`` (the only tolerated ``INTERNAL`` is gRPC's own answer to a request body
-  that really does not decode, a known issue pinned by a strict ``xfail`` below);
+  ``INTERNAL``. Three known coordinator bugs are tolerated, each only under its exact
+  signature, counted, and pinned by a strict ``xfail`` test below (so fixing one turns
+  its xfail into a failure that asks for the tolerance to be removed): gRPC's own
+  ``INTERNAL`` for a body that really does not decode; ``RESOURCE_EXHAUSTED`` from an
+  oversized status trailer (rejections quote client strings unbounded); ``INTERNAL`` for
+  task metadata that ``json.loads`` rejects without a ``JSONDecodeError``;
 * the server still answers its health check;
 * the SQLite tables and the blob directory are byte-for-byte what they were, unless the
   case was legitimately accepted, in which case exactly the expected change happened.
@@ -18,14 +22,13 @@ At the end the valid participants complete ``r1`` and the decrypted sum is right
 
 from __future__ import annotations
 
-import hashlib
-import os
+import json
 import sqlite3
 import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +97,15 @@ class Fed:
     announcements: dict[str, pb.AnnounceKeyRequest]
     r1_org1: bytes
     r1_org1_blobs: list[bytes]
-    template: bytes  # valid framed payload of LENGTH values, never sent as is
+    template: bytes  # valid framed payload of LENGTH values (a fuzz base; kept out of r1)
     short_template: bytes  # valid framed payload of 100 values (one ciphertext)
     foreign: bytes  # valid-looking payload of another key set with the same parameters
     foreign_public: bytes
     secret_bytes: bytes
     task_values: np.ndarray
     task_payload: bytes  # stored by org1 as task "t1"
-    task_template: bytes  # valid task payload, never sent as is
+    task_template: bytes  # valid task payload (a fuzz base)
     baseline: tuple[Any, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # keep Hypothesis' failure reports readable
         return f"Fed(port={self.server.port})"
@@ -126,7 +128,8 @@ def _raw_channel(fed: Fed, pid: str, **options: int) -> grpc.Channel:
 
 def _header(fed: Fed, length: int, **changes: Any) -> pb.ContributionHeader:
     header = pb.ContributionHeader(
-        federation_id=FED, round_id="r1", model_fingerprint=MODEL_FP, layer_map_fingerprint=LAYER_FP,
+        federation_id=FED, round_id="r1", model_fingerprint=MODEL_FP,
+        layer_map_fingerprint=LAYER_FP,
         ckks_context_fingerprint=fed.fingerprint, vector_length=length, kind="context_vector")
     for key, value in changes.items():
         setattr(header, key, value)
@@ -187,6 +190,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         chunk_bytes=CHUNK, max_payload_bytes=MAX_PAYLOAD, round_timeout_s=3600.0,
     )
     server = CoordinatorServer(config).start()
+    clients: dict[str, CoordinatorClient] = {}
     try:
         clients, announcements, secret, public_bytes, fingerprint, secret_bytes = _ceremony(
             pki, server.port)
@@ -213,18 +217,23 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
             foreign_public=ckks.serialize_public_context(foreign_ctx),
             secret_bytes=secret_bytes, task_values=task_values,
             task_payload=payload.frame(task_blobs),
-            task_template=payload.frame(ckks.encrypt_vector(secret, rng.normal(size=TASK_V + TASK_C))),
+            task_template=payload.frame(
+                ckks.encrypt_vector(secret, rng.normal(size=TASK_V + TASK_C))),
         )
         _fill_valid_bodies(fingerprint)
         f.baseline = snapshot(f)
         yield f
     finally:
+        for c in clients.values():
+            c.close()
         server.stop(grace_s=0)
         print(f"\n[fuzz] cases per RPC: {dict(sorted(CASES.items()))} total={sum(CASES.values())}")
         print(f"[fuzz] legitimately accepted: {dict(ACCEPTED)}")
-        print(f"[fuzz] known gRPC INTERNAL on undecodable bodies: {dict(KNOWN_UNDECODABLE_INTERNAL)}")
-        print(f"[fuzz] known oversized status trailers: {dict(KNOWN_OVERSIZED_TRAILER)}")
-        print(f"[fuzz] known INTERNAL on non-JSONDecodeError metadata: {dict(KNOWN_BAD_JSON_INTERNAL)}")
+        for label, counter in (
+                ("gRPC INTERNAL on undecodable bodies", KNOWN_UNDECODABLE_INTERNAL),
+                ("oversized status trailers", KNOWN_OVERSIZED_TRAILER),
+                ("INTERNAL on unparsable metadata", KNOWN_BAD_JSON_INTERNAL)):
+            print(f"[fuzz] known issue, {label}: {dict(counter)}")
 
 
 def _header_for(fingerprint: str, length: int, round_id: str = "r1") -> pb.ContributionHeader:
@@ -290,8 +299,6 @@ def check(fed: Fed, rpc: str, code: grpc.StatusCode, details: str,
     else:
         assert code not in NEVER, f"{rpc}: {code.name} {details!r}"
         assert code in set(allowed), f"{rpc}: unexpected {code.name} {details!r}"
-        if code == SC.INTERNAL:  # pragma: no cover - guarded above
-            raise AssertionError(f"{rpc}: INTERNAL {details!r}")
     assert_healthy(fed)
 
 
@@ -302,7 +309,8 @@ def assert_unchanged(fed: Fed, what: str) -> None:
 
 # --------------------------------------------------------------------------- strategies
 _chars = st.characters(exclude_categories=("Cs",))
-big_strings = st.builds(lambda n, c: c * n, st.integers(256, 1 << 20), st.sampled_from("a0/\n\u00e9\u2603"))
+big_strings = st.builds(lambda n, c: c * n, st.integers(256, 1 << 20),
+                        st.sampled_from("a0/\n\u00e9\u2603"))
 texts = st.one_of(
     st.text(_chars, max_size=40),
     st.sampled_from(["", "r1", "r1\n", " r1", "R1", "r1\x00", "fed-test", "fed-test\n", "..",
@@ -465,7 +473,7 @@ def test_fuzz_submit_contribution(fed: Fed, data: st.DataObject) -> None:
     if code != SC.OK:
         assert_unchanged(fed, f"rejected SubmitContribution ({code.name}: {details})")
         return
-    _account_accepted_submit(fed, peer, header, messages, response)
+    _account_accepted_submit(fed, peer, header, messages, response, op)
 
 
 def _stream(header: Any, body: bytes, plan: str, step: int, draw: Any,
@@ -505,7 +513,8 @@ def _stream(header: Any, body: bytes, plan: str, step: int, draw: Any,
 
 
 def _account_accepted_submit(fed: Fed, peer: str, header: pb.ContributionHeader,
-                             messages: list[pb.SubmitContributionRequest], response: Any) -> None:
+                             messages: list[pb.SubmitContributionRequest], response: Any,
+                             op: str) -> None:
     """A case that was legitimately accepted: check exactly the expected change happened."""
     before, after = fed.baseline, snapshot(fed)
     sent = b"".join(m.chunk for m in messages[1:])
@@ -518,7 +527,7 @@ def _account_accepted_submit(fed: Fed, peer: str, header: pb.ContributionHeader,
         ACCEPTED["SubmitContribution(duplicate)"] += 1
         assert after == before, "a duplicate upload changed state"
         return
-    ACCEPTED["SubmitContribution"] += 1
+    ACCEPTED[f"SubmitContribution[{op}]"] += 1
     assert header.round_id != "r1" or peer == "org1", "fuzz became a real r1 contribution"
     assert would_validate(fed, sent, header.vector_length), "accepted an invalid payload"
     for name in ("meta", "key_announcements", "sealed_keys"):
@@ -553,14 +562,12 @@ json_texts = st.one_of(
     st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=8),
                  lambda inner: st.lists(inner, max_size=3)
                  | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                 max_leaves=8).map(lambda v: __import__("json").dumps(v)),
+                 max_leaves=8).map(json.dumps),
 )
 
 
 def _json_is_known_bad(text: str) -> bool:
     """json.loads fails with something other than JSONDecodeError (RecursionError, ...)."""
-    import json
-
     try:
         json.loads(text or "{}")
     except json.JSONDecodeError:
@@ -640,7 +647,7 @@ def test_fuzz_put_task(fed: Fed, data: st.DataObject) -> None:
     assert set(_table(before, "tasks")) <= set(_table(after, "tasks"))
     ((tid, header_json, blob, stored_by, _),) = new_rows
     assert (tid, blob, stored_by) == (header.task_id, header.payload_sha256.hex(), peer)
-    stored = __import__("json").loads(header_json)
+    stored = json.loads(header_json)
     assert stored["stored_by"] == peer  # never the client's claim
     assert {n for n, _ in after[-1]} - {n for n, _ in before[-1]} <= {blob}
     fed.baseline = after
@@ -696,7 +703,8 @@ def test_fuzz_announce_key(fed: Fed, data: st.DataObject) -> None:
                     lambda i, s=sig: s[:i] + bytes([s[i] ^ 1]) + s[i + 1 :])))
         else:
             request.certificate_pem = (
-                draw(texts) if draw(st.booleans()) else _mangle_pem(fed, source.certificate_pem, draw))
+                draw(texts) if draw(st.booleans())
+                else _mangle_pem(fed, source.certificate_pem, draw))
     note(f"peer={peer} request={str(request)[:300]!r}")
     code, details, _ = outcome(
         lambda: fed.clients[peer].stub.AnnounceKey(request, timeout=CALL_TIMEOUT))
@@ -969,19 +977,21 @@ def test_fuzz_raw_request_bodies(fed: Fed, data: st.DataObject) -> None:
         bodies = draw(st.lists(raw_bodies(name), max_size=4))
         if draw(st.booleans()):  # a decodable header first: reach the chunk loop
             bodies = [_valid_bodies(name)[0], *bodies]
-        call = lambda: channel.stream_unary(path)(iter(bodies), timeout=CALL_TIMEOUT)  # noqa: E731
     elif arity_abuse:  # zero or several messages on a unary-request method
         bodies = draw(st.lists(raw_bodies(name), max_size=3).filter(lambda b: len(b) != 1))
-        if method.server_streaming:
-            call = lambda: list(channel.stream_stream(path)(iter(bodies), timeout=CALL_TIMEOUT))  # noqa: E731
-        else:
-            call = lambda: channel.stream_unary(path)(iter(bodies), timeout=CALL_TIMEOUT)  # noqa: E731
     else:
         bodies = [draw(raw_bodies(name))]
-        if method.server_streaming:
-            call = lambda: list(channel.unary_stream(path)(bodies[0], timeout=CALL_TIMEOUT))  # noqa: E731
-        else:
-            call = lambda: channel.unary_unary(path)(bodies[0], timeout=CALL_TIMEOUT)  # noqa: E731
+    stream_in = method.client_streaming or arity_abuse
+
+    def call() -> Any:
+        """Identity (de)serializers: the server alone parses these bytes."""
+        request = iter(bodies) if stream_in else bodies[0]
+        kind = {(True, True): "stream_stream", (True, False): "stream_unary",
+                (False, True): "unary_stream", (False, False): "unary_unary"}
+        invoke = getattr(channel, kind[(stream_in, method.server_streaming)])(path)
+        result = invoke(request, timeout=CALL_TIMEOUT)
+        return list(result) if method.server_streaming else result
+
     undecodable = any(not _decodes(name, b) for b in bodies)
     note(f"method={name} peer={peer} sizes={[len(b) for b in bodies]} undecodable={undecodable}")
     code, details, _ = outcome(call)
@@ -1020,7 +1030,8 @@ def test_messages_over_the_transport_limit(fed: Fed) -> None:
                 iter([pb.SubmitContributionRequest(header=_header(
                     fed, LENGTH, round_id="fz-huge", num_ciphertexts=2, payload_bytes=900_000,
                     payload_sha256=b"\x00" * 32)).SerializeToString(),
-                      pb.SubmitContributionRequest(chunk=b"\x00" * (17 << 20)).SerializeToString()]),
+                      pb.SubmitContributionRequest(
+                          chunk=b"\x00" * (17 << 20)).SerializeToString()]),
                 timeout=30)),
         ]
         for name, call in cases:
@@ -1033,8 +1044,7 @@ def test_messages_over_the_transport_limit(fed: Fed) -> None:
 
 def test_stalled_stream_times_out_without_a_trace(fed: Fed) -> None:
     """A header and half the chunks, then silence: the client's deadline ends it cleanly."""
-    body = fed.template
-    data = payload.frame(payload.unframe(body))
+    data = fed.template
     header = _header(fed, LENGTH, round_id="fz-stall", num_ciphertexts=2,
                      payload_bytes=len(data), payload_sha256=payload.sha256(data))
 
@@ -1044,7 +1054,8 @@ def test_stalled_stream_times_out_without_a_trace(fed: Fed) -> None:
         time.sleep(5)
 
     start = time.monotonic()
-    code, _, _ = outcome(lambda: fed.clients["org2"].stub.SubmitContribution(stalled(), timeout=1.0))
+    stub = fed.clients["org2"].stub
+    code, _, _ = outcome(lambda: stub.SubmitContribution(stalled(), timeout=1.0))
     assert code == SC.DEADLINE_EXCEEDED and time.monotonic() - start < 8
     CASES["stalled stream"] += 1
     assert_healthy(fed)
@@ -1079,9 +1090,12 @@ def test_contribution_is_not_recorded_when_the_call_failed(fed: Fed) -> None:
     code, details, _ = outcome(lambda: fed.clients["org3"].channel.stream_unary(
         f"/{SERVICE}/SubmitContribution")(iter(bodies), timeout=CALL_TIMEOUT))
     assert code != SC.OK
-    time.sleep(0.3)  # the servicer thread finishes after the status was sent
-    status = fed.clients["org3"].round("fz-undecodable-tail")
-    recorded = status.contributions
+    recorded = 0
+    for _ in range(30):  # the servicer thread goes on after the status was sent
+        time.sleep(0.1)
+        recorded = fed.clients["org3"].round("fz-undecodable-tail").contributions
+        if recorded:
+            break
     if recorded:  # keep the module's bookkeeping right for the tests that follow
         fed.baseline = snapshot(fed)
     assert recorded == 0, f"call failed with {code.name} but the contribution was recorded"

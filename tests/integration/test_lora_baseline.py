@@ -81,7 +81,9 @@ def test_per_record_clipping_bounds_each_contribution_and_noise_has_stated_std(
     assert abs(float(residual.std()) / target - 1) < 0.1
 
 
-def test_non_private_trainer_updates_only_the_adapter(tiny_llama_dir: Path, shared_data: Path) -> None:
+def test_non_private_trainer_updates_only_the_adapter(
+    tiny_llama_dir: Path, shared_data: Path
+) -> None:
     trainer = _trainer(tiny_llama_dir, shared_data, noise_multiplier=0.0, learning_rate=1e-2,
                        steps_per_round=2)
     frozen = {n: p.detach().clone() for n, p in trainer.lm.model.named_parameters()
@@ -138,7 +140,8 @@ def test_two_participant_dp_lora_federation_over_mtls_with_small_chunks(
         assert all(r["contributions"] == 2 for r in report.rounds)
         assert 0 < report.epsilon_spent <= 4.0 + 1e-6, pid
         assert report.noise_multiplier > 0
-        # Each update is one CKKS ciphertext of ~tens of KiB: streamed in many 4 KiB chunks.
+        # One CKKS ciphertext of tens of KiB per update, streamed in 4 KiB chunks (the
+        # coordinator rejects any chunk larger than its chunk_bytes).
         assert all(r["bytes_sent"] > 3 * 4096 for r in report.rounds)
         assert all(r["client_seconds"] > 0 for r in report.rounds)
         ledger = [json.loads(line) for line in
@@ -156,12 +159,10 @@ def test_two_participant_dp_lora_federation_over_mtls_with_small_chunks(
              for pid in ("org1", "org2")]
     assert saved[0]["names"] == saved[1]["names"]
     assert torch.allclose(saved[0]["adapter"], saved[1]["adapter"], atol=1e-7)
-    b_weights = [i for i, n in enumerate(saved[0]["names"]) if ".lora_B." in n]
-    assert b_weights  # lora_B starts at zero; federated training moved it
-    sizes = [p.numel() for p in torch.load(tmp_path / "org1" / "fed-test-sst2-lora.pt",
-                                           weights_only=True)["adapter"].split(1)]
-    assert sum(sizes) == reports["org1"].adapter_values
-    assert float(saved[0]["adapter"].abs().max()) > 0
+    assert saved[0]["adapter"].numel() == reports["org1"].adapter_values
+    initial = _trainer(tiny_llama_dir, shared_data, noise_multiplier=0.0).flat_adapter()
+    moved = saved[0]["adapter"].numpy() - initial  # same public init seed everywhere
+    assert abs(moved).max() > 0
 
 
 def test_harness_runs_dp_fedavg_lora_per_epsilon_without_touching_other_keys(
