@@ -34,7 +34,7 @@ from .store import RoundRow, Store, now
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "fedctx.v1"
-ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+ROUND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # always .fullmatch()
 KINDS = frozenset({"context_vector", "coefficient_update", "adapter_update", "vector_sum"})
 OPEN, CLOSED, FAILED = "open", "closed", "failed"
 
@@ -299,7 +299,7 @@ class Aggregator:
             raise NotReadyError("keys are not published yet; no round can accept contributions")
         if header.federation_id != self.config.federation_id:
             raise BindingMismatchError(f"federation {header.federation_id!r} is not served here")
-        if not ROUND_ID.match(header.round_id):
+        if not ROUND_ID.fullmatch(header.round_id):
             raise InvalidContributionError(f"round id {header.round_id!r} is not valid")
         if header.kind not in KINDS:
             raise InvalidContributionError(f"kind must be one of {sorted(KINDS)}")
@@ -450,12 +450,12 @@ class Aggregator:
                         )
 
     # -- task cache -------------------------------------------------------------------
-    def put_task(self, peer_id: str, entry: TaskEntry, data: bytes) -> bool:
-        """Store a finished task (immutable); returns True for an identical re-upload."""
+    def check_task_header(self, peer_id: str, entry: TaskEntry) -> None:
+        """Validate a task header before its payload is received."""
         self._require_member(peer_id)
         if self._public_context is None:
             raise NotReadyError("keys are not published yet")
-        if not ROUND_ID.match(entry.task_id):
+        if not ROUND_ID.fullmatch(entry.task_id):
             raise InvalidContributionError(f"task id {entry.task_id!r} is not valid")
         for key in ("model_fingerprint", "layer_map_fingerprint"):
             if getattr(entry, key) != self.pinned(key):
@@ -469,12 +469,17 @@ class Aggregator:
             raise InvalidContributionError("vector_length and coefficient_count must be >= 1")
         if entry.num_ciphertexts != -(-length // self._slots):
             raise InvalidContributionError("num_ciphertexts does not fit the declared lengths")
+
+    def put_task(self, peer_id: str, entry: TaskEntry, data: bytes) -> bool:
+        """Store a finished task (immutable); returns True for an identical re-upload."""
+        self.check_task_header(peer_id, entry)
+        length = entry.vector_length + entry.coefficient_count
         if len(data) != entry.payload_bytes or payload.sha256(data) != entry.payload_sha256:
             raise InvalidContributionError("task payload truncated or corrupted (digest)")
         try:
             json.loads(entry.metadata_json or "{}")
-        except json.JSONDecodeError as exc:
-            raise InvalidContributionError("metadata_json is not JSON") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+            raise InvalidContributionError("metadata_json is not JSON") from None
         header = Header(self.config.federation_id, entry.task_id, entry.model_fingerprint,
                         entry.layer_map_fingerprint, entry.ckks_context_fingerprint, length,
                         entry.num_ciphertexts, entry.payload_bytes, entry.payload_sha256,

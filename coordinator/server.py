@@ -10,16 +10,65 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from google.protobuf.message import DecodeError
+
 from proto.fedctx.v1 import fedctx_pb2 as pb
-from proto.fedctx.v1 import fedctx_pb2_grpc as pb_grpc
 
 from .aggregator import Aggregator
 from .config import CoordinatorConfig
+from .errors import InvalidContributionError
 from .servicer import CoordinatorServicer
 from .store import Store
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+_UNDECODABLE = object()  # what the lenient deserializer returns for a body that won't parse
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _lenient(message_cls):  # type: ignore[no-untyped-def]
+    def parse(data: bytes):  # type: ignore[no-untyped-def]
+        try:
+            return message_cls.FromString(data)
+        except DecodeError:
+            return _UNDECODABLE
+    return parse
+
+
+def _checked(messages):  # type: ignore[no-untyped-def]
+    for message in messages:
+        if message is _UNDECODABLE:
+            raise InvalidContributionError("a request message does not decode")
+        yield message
+
+
+def _guard(behaviour, client_streaming: bool):  # type: ignore[no-untyped-def]
+    def handler(request, context):  # type: ignore[no-untyped-def]
+        if client_streaming:
+            return behaviour(_checked(request), context)
+        if request is _UNDECODABLE:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request message does not decode")
+        return behaviour(request, context)
+    return handler
+
+
+def add_coordinator_servicer(servicer: CoordinatorServicer, server: grpc.Server) -> None:
+    """Like the generated ``add_CoordinatorServicer_to_server``, but a body that does not
+    decode is INVALID_ARGUMENT (gRPC's default is INTERNAL) and never ends a stream early."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["Coordinator"].methods:
+        factory = _FACTORIES[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            _guard(getattr(servicer, method.name), method.client_streaming),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 class CoordinatorServer:
@@ -38,7 +87,7 @@ class CoordinatorServer:
             ],
             maximum_concurrent_rpcs=config.max_workers * 8,
         )
-        pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.aggregator), self.server)
+        add_coordinator_servicer(CoordinatorServicer(self.aggregator), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

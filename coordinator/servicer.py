@@ -49,11 +49,22 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
 _STATE = {OPEN: pb.ROUND_STATE_OPEN, CLOSED: pb.ROUND_STATE_CLOSED, FAILED: pb.ROUND_STATE_FAILED}
 
 
+_MAX_DETAILS = 256  # grpc-message is percent-encoded: keep it far below the 8 KiB limit
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_DETAILS else text[: _MAX_DETAILS - 3] + "..."
+
+
 def _abort(context: grpc.ServicerContext, exc: Exception, method: str) -> NoReturn:
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        logger.info("[Coordinator.%s] client went away mid-call", method)
+        context.abort(grpc.StatusCode.CANCELLED, "client cancelled")
     for kind, code in _STATUS:
         if isinstance(exc, kind):
-            logger.info("[Coordinator.%s] rejected: %s: %s", method, code.name, exc)
-            context.abort(code, str(exc))
+            message = _clip(str(exc))
+            logger.info("[Coordinator.%s] rejected: %s: %s", method, code.name, message)
+            context.abort(code, message)
     logger.exception("[Coordinator.%s] internal error", method)
     context.abort(grpc.StatusCode.INTERNAL, "internal coordinator error")
 
@@ -68,12 +79,16 @@ def peer_identity(context: grpc.ServicerContext) -> tuple[str, str]:
     return names[0].decode(), pems[0].decode()
 
 
-def _receive_stream(messages: Iterator[Any], *, chunk_bytes: int, max_bytes: int) -> tuple[Any, bytes]:
+def _receive_stream(
+    messages: Iterator[Any], *, chunk_bytes: int, max_bytes: int,
+    context: grpc.ServicerContext, check_header: Callable[[Any], None] = lambda _: None,
+) -> tuple[Any, bytes]:
     """``(header, payload)`` of a header-then-chunks stream, enforcing size limits."""
     first = next(messages, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidContributionError("the first message must be the header")
     header = first.header
+    check_header(header)  # reject before buffering the payload
     limit = min(int(header.payload_bytes), max_bytes)
     if header.payload_bytes > max_bytes:
         raise PayloadTooLargeError(
@@ -87,6 +102,8 @@ def _receive_stream(messages: Iterator[Any], *, chunk_bytes: int, max_bytes: int
         buffer.extend(message.chunk)
         if len(buffer) > limit:
             raise InvalidContributionError("more payload bytes than the header announced")
+    if not context.is_active():  # the call already ended (aborted or cancelled)
+        raise InvalidContributionError("the stream did not complete")
     return header, bytes(buffer)
 
 
@@ -181,7 +198,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             self.aggregator.check_header(peer, header)
             _, data = _receive_stream(
                 itertools.chain([first], request_iterator), chunk_bytes=self.config.chunk_bytes,
-                max_bytes=self.config.max_payload_bytes,
+                max_bytes=self.config.max_payload_bytes, context=context,
             )
             receipt = self.aggregator.submit(peer, header, data)
             return pb.SubmitContributionResponse(
@@ -218,10 +235,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def PutTask(self, request_iterator: Iterator[pb.PutTaskRequest], context: grpc.ServicerContext) -> pb.PutTaskResponse:  # noqa: N802,E501
         peer, _ = peer_identity(context)
 
-        def receive() -> pb.PutTaskResponse:
-            h, data = _receive_stream(request_iterator, chunk_bytes=self.config.chunk_bytes,
-                                      max_bytes=self.config.max_payload_bytes)
-            entry = TaskEntry(
+        def entry_of(h: pb.TaskHeader) -> TaskEntry:
+            return TaskEntry(
                 task_id=h.task_id, task_name=h.task_name, model_fingerprint=h.model_fingerprint,
                 layer_map_fingerprint=h.layer_map_fingerprint,
                 ckks_context_fingerprint=h.ckks_context_fingerprint,
@@ -229,6 +244,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 num_ciphertexts=h.num_ciphertexts, payload_bytes=h.payload_bytes,
                 payload_sha256=h.payload_sha256, metadata_json=h.metadata_json,
             )
+
+        def receive() -> pb.PutTaskResponse:
+            h, data = _receive_stream(
+                request_iterator, chunk_bytes=self.config.chunk_bytes,
+                max_bytes=self.config.max_payload_bytes, context=context,
+                check_header=lambda h: self.aggregator.check_task_header(peer, entry_of(h)))
+            entry = entry_of(h)
             duplicate = self.aggregator.put_task(peer, entry, data)
             return pb.PutTaskResponse(task_id=entry.task_id, duplicate=duplicate)
 

@@ -6,13 +6,10 @@ contribution from ``org1`` in the open round ``r1``. Hypothesis then throws malf
 typed requests and raw undecodable request bodies at every RPC. After each case:
 
 * the call ended with a status code before its deadline (nothing hangs);
-* the code is one the RPC may legitimately answer, never ``UNKNOWN``, and never
-  ``INTERNAL``. Three known coordinator bugs are tolerated, each only under its exact
-  signature, counted, and pinned by a strict ``xfail`` test below (so fixing one turns
-  its xfail into a failure that asks for the tolerance to be removed): gRPC's own
-  ``INTERNAL`` for a body that really does not decode; ``RESOURCE_EXHAUSTED`` from an
-  oversized status trailer (rejections quote client strings unbounded); ``INTERNAL`` for
-  task metadata that ``json.loads`` rejects without a ``JSONDecodeError``;
+* the code is one the RPC may legitimately answer, never ``UNKNOWN`` or ``INTERNAL``
+  (undecodable bodies included), and the status trailer stays small (rejections clip
+  the client strings they quote); regression tests below pin the six bugs the fuzzer
+  found and that were fixed;
 * the server still answers its health check;
 * the SQLite tables and the blob directory are byte-for-byte what they were, unless the
   case was legitimately accepted, in which case exactly the expected change happened.
@@ -65,17 +62,13 @@ SC = grpc.StatusCode
 NEVER = frozenset({SC.INTERNAL, SC.UNKNOWN, SC.DEADLINE_EXCEEDED, SC.UNAVAILABLE,
                    SC.CANCELLED, SC.DATA_LOSS})
 GRPC_UNDECODABLE = "Exception deserializing request!"
-# Known issue (pinned by a strict xfail below): rejection messages quote client strings
-# unbounded, so a long federation/round id makes the status trailer exceed the client's
-# 8 KiB metadata limit and the client sees RESOURCE_EXHAUSTED instead of the real code.
+# Rejection messages quoting unbounded client strings once made the status trailer exceed
+# the client's 8 KiB metadata limit (RESOURCE_EXHAUSTED instead of the real code).
 OVERSIZED_TRAILER = "received metadata size exceeds"
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
 CASES: Counter[str] = Counter()
-KNOWN_UNDECODABLE_INTERNAL: Counter[str] = Counter()
-KNOWN_OVERSIZED_TRAILER: Counter[str] = Counter()
-KNOWN_BAD_JSON_INTERNAL: Counter[str] = Counter()
 ACCEPTED: Counter[str] = Counter()
 
 
@@ -229,11 +222,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         server.stop(grace_s=0)
         print(f"\n[fuzz] cases per RPC: {dict(sorted(CASES.items()))} total={sum(CASES.values())}")
         print(f"[fuzz] legitimately accepted: {dict(ACCEPTED)}")
-        for label, counter in (
-                ("gRPC INTERNAL on undecodable bodies", KNOWN_UNDECODABLE_INTERNAL),
-                ("oversized status trailers", KNOWN_OVERSIZED_TRAILER),
-                ("INTERNAL on unparsable metadata", KNOWN_BAD_JSON_INTERNAL)):
-            print(f"[fuzz] known issue, {label}: {dict(counter)}")
 
 
 def _header_for(fingerprint: str, length: int, round_id: str = "r1") -> pb.ContributionHeader:
@@ -287,18 +275,9 @@ def check(fed: Fed, rpc: str, code: grpc.StatusCode, details: str,
           bad_json: bool = False) -> None:
     """Status invariants plus health; the caller checks state."""
     CASES[rpc] += 1
-    if code == SC.INTERNAL and bad_json and details == "internal coordinator error":
-        # metadata_json that json.loads rejects with RecursionError / ValueError rather than
-        # JSONDecodeError (see the xfail test below).
-        KNOWN_BAD_JSON_INTERNAL[rpc] += 1
-    elif code == SC.INTERNAL and undecodable and details == GRPC_UNDECODABLE:
-        # gRPC's own answer to a body that does not parse (see the xfail test below).
-        KNOWN_UNDECODABLE_INTERNAL[rpc] += 1
-    elif code == SC.RESOURCE_EXHAUSTED and OVERSIZED_TRAILER in details:
-        KNOWN_OVERSIZED_TRAILER[rpc] += 1
-    else:
-        assert code not in NEVER, f"{rpc}: {code.name} {details!r}"
-        assert code in set(allowed), f"{rpc}: unexpected {code.name} {details!r}"
+    assert code not in NEVER, f"{rpc}: {code.name} {details!r}"
+    assert code in set(allowed), f"{rpc}: unexpected {code.name} {details!r}"
+    assert OVERSIZED_TRAILER not in details, f"{rpc}: status trailer too large"
     assert_healthy(fed)
 
 
@@ -1062,9 +1041,6 @@ def test_stalled_stream_times_out_without_a_trace(fed: Fed) -> None:
     assert_unchanged(fed, "stalled stream")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a request body that does not decode is answered by gRPC's own deserializer "
-    "wrapper with INTERNAL 'Exception deserializing request!' instead of INVALID_ARGUMENT"))
 def test_undecodable_body_is_invalid_argument(fed: Fed) -> None:
     bad = b"\x0a\x05r1\x80"  # GetRoundRequest.round_id, 5 bytes announced, 3 present
     code, details, _ = outcome(lambda: fed.clients["org2"].channel.unary_unary(
@@ -1073,11 +1049,6 @@ def test_undecodable_body_is_invalid_argument(fed: Fed) -> None:
     assert code == SC.INVALID_ARGUMENT, (code, details)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when a later message of a SubmitContribution stream does not decode, gRPC aborts "
-    "the call with INTERNAL but the servicer's request iterator just ends; the servicer "
-    "then submits the bytes received so far and, when they are complete, records the "
-    "contribution the client was told failed"))
 def test_contribution_is_not_recorded_when_the_call_failed(fed: Fed) -> None:
     blobs = ckks.encrypt_vector(fed.secret, np.linspace(-1, 1, LENGTH))
     data = payload.frame(blobs)
@@ -1102,9 +1073,6 @@ def test_contribution_is_not_recorded_when_the_call_failed(fed: Fed) -> None:
     assert code == SC.INVALID_ARGUMENT, (code, details)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ROUND_ID uses '$', which also matches before a trailing newline, so 'r1\\n' is "
-    "accepted as a round id distinct from 'r1'"))
 def test_round_id_with_trailing_newline_is_rejected(fed: Fed) -> None:
     blobs = ckks.encrypt_vector(fed.secret, np.linspace(0, 1, LENGTH))
     header = _header(fed, LENGTH, round_id="fz-newline\n")
@@ -1114,10 +1082,6 @@ def test_round_id_with_trailing_newline_is_rejected(fed: Fed) -> None:
     assert code == SC.INVALID_ARGUMENT, (code, details)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: rejection messages quote client-supplied strings without a bound; a 20 kB "
-    "federation or round id makes the INVALID_ARGUMENT trailer exceed gRPC's 8 KiB metadata limit, "
-    "so the client gets RESOURCE_EXHAUSTED 'received metadata size exceeds soft limit'"))
 @pytest.mark.parametrize("rpc", ["AnnounceKey", "DownloadAggregate", "SubmitContribution"])
 def test_rejection_of_a_long_string_keeps_its_status_code(fed: Fed, rpc: str) -> None:
     long = "x" * 20_000  # past the client's hard metadata limit (between soft and hard the
@@ -1140,9 +1104,6 @@ def test_rejection_of_a_long_string_keeps_its_status_code(fed: Fed, rpc: str) ->
     assert len(details) <= 1024
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: put_task only catches json.JSONDecodeError; deeply nested metadata_json raises "
-    "RecursionError and a >4300-digit number raises ValueError, both answered INTERNAL"))
 @pytest.mark.parametrize("metadata", ["[" * 100_000, "1" * 5000], ids=["nested", "digits"])
 def test_unparsable_task_metadata_is_invalid_argument(fed: Fed, metadata: str) -> None:
     data = fed.task_template
@@ -1158,10 +1119,6 @@ def test_unparsable_task_metadata_is_invalid_argument(fed: Fed, metadata: str) -
     assert code == SC.INVALID_ARGUMENT, (code, details)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: PutTask receives the whole stream (up to max_payload_bytes, 256 MiB by default) "
-    "before put_task checks roster membership or the header, so a non-member with a CA "
-    "certificate makes the coordinator buffer payloads it will refuse anyway"))
 def test_put_task_from_an_outsider_is_refused_before_the_payload(fed: Fed) -> None:
     header = _task_header_for(fed.fingerprint, "ft-outsider")
     header.num_ciphertexts, header.payload_bytes, header.payload_sha256 = 2, 900_000, b"\0" * 32
