@@ -154,7 +154,7 @@ class Aggregator:
     # -- federation ---------------------------------------------------------------
     def federation_info(self) -> dict[str, object]:
         """Public federation parameters and round summaries."""
-        self.tick()
+        self.tick(wait=False)
         rounds = [
             (r.round_id, r.state, len(self.store.contributions(r.round_id)))
             for r in self.store.list_rounds()
@@ -223,7 +223,7 @@ class Aggregator:
     def publish_keys(
         self, peer_id: str, *, federation_id: str, public_context: bytes,
         ckks_params_fingerprint: str, model_fingerprint: str, layer_map_fingerprint: str,
-        sealed_keys: dict[str, bytes],
+        sealed_keys: dict[str, bytes], encrypted_secret_context: bytes = b"",
     ) -> str:
         """Accept the keyholder's public context and sealed secret contexts."""
         self._require_member(peer_id)
@@ -255,6 +255,9 @@ class Aggregator:
                 raise ConflictError("keys were already published for this federation")
             ctx_blob = self.store.put_blob(public_context)
             sealed_digests = {rid: self.store.put_blob(b) for rid, b in sealed_keys.items()}
+            encrypted_digest = (
+                self.store.put_blob(encrypted_secret_context) if encrypted_secret_context else ""
+            )
             with self.store.transaction() as db:
                 for k, v in (
                     ("public_context_blob", ctx_blob),
@@ -262,6 +265,7 @@ class Aggregator:
                     ("ckks_params_fingerprint", ckks_params_fingerprint),
                     ("model_fingerprint", model_fingerprint),
                     ("layer_map_fingerprint", layer_map_fingerprint),
+                    ("encrypted_secret_context_blob", encrypted_digest),
                 ):
                     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
                 for rid, digest in sealed_digests.items():
@@ -271,8 +275,8 @@ class Aggregator:
         logger.info("[Aggregator.publish_keys] keyholder=%s recipients=%d", peer_id, len(sealed_keys))
         return fingerprint
 
-    def fetch_sealed_key(self, peer_id: str) -> tuple[str, str, str, bytes]:
-        """The caller's own sealed key: ``(keyholder, keyholder cert, ctx fp, blob)``."""
+    def fetch_sealed_key(self, peer_id: str) -> tuple[str, str, str, bytes, bytes]:
+        """``(keyholder, keyholder cert, ctx fp, sealed blob, encrypted context or b"")``."""
         self._require_member(peer_id)
         if peer_id == self.config.keyholder_id:
             raise NotFoundError("the keyholder has no sealed key: it created the context")
@@ -286,9 +290,11 @@ class Aggregator:
         )
         if fingerprint is None or not rows or not cert:
             raise NotReadyError("the keyholder has not published keys yet")
+        encrypted = self.store.get_meta("encrypted_secret_context_blob") or ""
         return (
             self.config.keyholder_id, str(cert[0][0]), fingerprint,
             self.store.get_blob(str(rows[0][0])),
+            self.store.get_blob(encrypted) if encrypted else b"",
         )
 
     # -- rounds ---------------------------------------------------------------------
@@ -336,6 +342,9 @@ class Aggregator:
         if payload.sha256(data) != header.payload_sha256:
             raise InvalidContributionError("payload digest mismatch (truncated or corrupted)")
         digest_hex = header.payload_sha256.hex()
+        # Ciphertext validation, the expensive part, needs no lock (the public context is
+        # fixed once set): concurrent uploads are validated in parallel.
+        self._validate_payload(data, header)
         self.tick()
         with self._lock:
             existing = self.store.query(
@@ -362,9 +371,7 @@ class Aggregator:
                         f"round {header.round_id!r} carries {round_row.kind} vectors of length "
                         f"{round_row.vector_length}"
                     )
-            blobs = self._validate_payload(data, header)
-            del blobs
-            self.store.put_blob(data)
+            self.store.put_blob(data)  # durable before the row that references it
             with self.store.transaction() as db:
                 if round_row is None:
                     opened = now()
@@ -424,30 +431,41 @@ class Aggregator:
             )
         logger.info("[Aggregator.close] round=%s contributions=%d", round_id, len(contributions))
 
-    def tick(self) -> None:
-        """Close rounds that are complete or past their deadline (also after a restart)."""
+    def tick(self, *, wait: bool = True) -> None:
+        """Close rounds that are complete or past their deadline (also after a restart).
+
+        Read paths pass ``wait=False``: if another thread is busy (e.g. summing a round),
+        they answer from the stored state instead of queueing behind it.
+        """
         if self._public_context is None:
             return
-        with self._lock:
-            for row in self.store.list_rounds():
-                if row.state != OPEN:
-                    continue
-                count = len(self.store.contributions(row.round_id))
-                if count >= len(self.config.roster):
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            self._tick_locked()
+        finally:
+            self._lock.release()
+
+    def _tick_locked(self) -> None:
+        for row in self.store.list_rounds():
+            if row.state != OPEN:
+                continue
+            count = len(self.store.contributions(row.round_id))
+            if count >= len(self.config.roster):
+                self._close(row.round_id)
+            elif now() >= row.deadline:
+                if count >= self.config.quorum:
                     self._close(row.round_id)
-                elif now() >= row.deadline:
-                    if count >= self.config.quorum:
-                        self._close(row.round_id)
-                    else:
-                        with self.store.transaction() as db:
-                            db.execute(
-                                "UPDATE rounds SET state = ?, closed_at = ? WHERE round_id = ?",
-                                (FAILED, now(), row.round_id),
-                            )
-                        logger.warning(
-                            "[Aggregator.tick] round=%s failed: %d of quorum %d by deadline",
-                            row.round_id, count, self.config.quorum,
+                else:
+                    with self.store.transaction() as db:
+                        db.execute(
+                            "UPDATE rounds SET state = ?, closed_at = ? WHERE round_id = ?",
+                            (FAILED, now(), row.round_id),
                         )
+                    logger.warning(
+                        "[Aggregator.tick] round=%s failed: %d of quorum %d by deadline",
+                        row.round_id, count, self.config.quorum,
+                    )
 
     # -- task cache -------------------------------------------------------------------
     def check_task_header(self, peer_id: str, entry: TaskEntry) -> None:
@@ -524,7 +542,7 @@ class Aggregator:
     def round_status(self, peer_id: str, round_id: str) -> RoundStatus:
         """State of a round as seen by ``peer_id``."""
         self._require_member(peer_id)
-        self.tick()
+        self.tick(wait=False)
         row = self.store.get_round(round_id)
         if row is None:
             return RoundStatus(round_id, "", 0, self.config.quorum, 0.0, 0, b"", False)
@@ -538,7 +556,7 @@ class Aggregator:
     def aggregate(self, peer_id: str, round_id: str) -> Aggregate:
         """The encrypted sum of a closed round."""
         self._require_member(peer_id)
-        self.tick()
+        self.tick(wait=False)
         row: RoundRow | None = self.store.get_round(round_id)
         if row is None:
             raise NotFoundError(f"no round {round_id!r}")

@@ -85,7 +85,8 @@ class CoordinatorServer:
                 ("grpc.max_receive_message_length", max(message_limit, 16 * 1024 * 1024)),
                 ("grpc.max_send_message_length", max(message_limit, 16 * 1024 * 1024)),
             ],
-            maximum_concurrent_rpcs=config.max_workers * 8,
+            # Every participant may poll while uploading: never refuse a full roster.
+            maximum_concurrent_rpcs=max(config.max_workers * 8, 4 * len(config.roster) + 32),
         )
         add_coordinator_servicer(CoordinatorServicer(self.aggregator), self.server)
         self.health = health.HealthServicer()

@@ -166,17 +166,19 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             model_fingerprint=request.model_fingerprint,
             layer_map_fingerprint=request.layer_map_fingerprint,
             sealed_keys={s.recipient_id: s.sealed_secret_context for s in request.sealed_keys},
+            encrypted_secret_context=request.encrypted_secret_context,
         ))
         return pb.PublishKeysResponse(ckks_context_fingerprint=fingerprint)
 
     def FetchSealedKey(self, request: pb.FetchSealedKeyRequest, context: grpc.ServicerContext) -> pb.FetchSealedKeyResponse:  # noqa: N802,E501
         peer, _ = peer_identity(context)
-        holder, cert, fingerprint, blob = self._run(
+        holder, cert, fingerprint, blob, encrypted = self._run(
             "FetchSealedKey", context, lambda: self.aggregator.fetch_sealed_key(peer)
         )
         return pb.FetchSealedKeyResponse(
             keyholder_id=holder, keyholder_certificate_pem=cert,
             ckks_context_fingerprint=fingerprint, sealed_secret_context=blob,
+            encrypted_secret_context=encrypted,
         )
 
     def SubmitContribution(self, request_iterator: Iterator[pb.SubmitContributionRequest], context: grpc.ServicerContext) -> pb.SubmitContributionResponse:  # noqa: N802,E501

@@ -98,7 +98,9 @@ class CoordinatorClient:
                 return fn()
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                if code not in RETRYABLE or attempt == self.retries:
+                overloaded = code == grpc.StatusCode.RESOURCE_EXHAUSTED and \
+                    "Concurrent RPC limit" in (exc.details() or "")  # type: ignore[attr-defined]
+                if (code not in RETRYABLE and not overloaded) or attempt == self.retries:
                     raise
                 logger.info("[CoordinatorClient.%s] %s, retry %d", name, code.name, attempt + 1)
                 time.sleep(delay * (0.5 + random.random()))

@@ -228,7 +228,10 @@ class Participant:
             context = ckks.create_secret_context(cfg.ckks)
             public_bytes = ckks.serialize_public_context(context)
             fingerprint = ckks.context_fingerprint(public_bytes)
-            secret_bytes = ckks.serialize_secret_context(context)
+            data_key, encrypted_context = keyshare.encrypt_secret_context(
+                ckks.serialize_secret_context(context), federation_id=cfg.federation_id,
+                public_context_fingerprint=fingerprint,
+            )
             sealed = []
             for a in announcements:
                 keyshare.verify_key_announcement(
@@ -239,7 +242,7 @@ class Participant:
                 sealed.append(pb.SealedKey(
                     recipient_id=a.participant_id,
                     sealed_secret_context=keyshare.seal(
-                        secret_bytes, recipient_x25519_public=a.x25519_public,
+                        data_key, recipient_x25519_public=a.x25519_public,
                         federation_id=cfg.federation_id, recipient_id=a.participant_id,
                         public_context_fingerprint=fingerprint,
                         sender_signing_key_pem=self.signing_key,
@@ -249,18 +252,24 @@ class Participant:
                 federation_id=cfg.federation_id, public_context=public_bytes,
                 ckks_params_fingerprint=cfg.ckks.fingerprint(),
                 model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
-                sealed_keys=sealed,
+                sealed_keys=sealed, encrypted_secret_context=encrypted_context,
             ))
         else:
             response = _poll("the keyholder's sealed key", self.client.fetch_sealed_key,
                              timeout_s=federation.round_timeout_s)
-            secret_bytes = keyshare.open_sealed(
+            opened = keyshare.open_sealed(
                 response.sealed_secret_context, recipient_x25519_private=private,
                 federation_id=cfg.federation_id, recipient_id=cfg.participant_id,
                 public_context_fingerprint=response.ckks_context_fingerprint,
                 sender_certificate_pem=response.keyholder_certificate_pem.encode(),
                 ca_certificate_pem=ca, sender_id=response.keyholder_id,
             )
+            secret_bytes = opened if not response.encrypted_secret_context else \
+                keyshare.decrypt_secret_context(
+                    response.encrypted_secret_context, data_key=opened,
+                    federation_id=cfg.federation_id,
+                    public_context_fingerprint=response.ckks_context_fingerprint,
+                )
             context = ckks.load_secret_context(secret_bytes)
             if ckks.context_fingerprint(ckks.serialize_public_context(context)) != \
                     response.ckks_context_fingerprint:

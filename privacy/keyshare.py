@@ -594,3 +594,51 @@ def _verify_certificate(
         raise KeyShareError("certificate key must be EC P-256 or Ed25519")
     _algorithm_of(public_key)  # rejects curves other than P-256
     return public_key
+
+
+_CONTEXT_MAGIC = b"FCXK"
+_CONTEXT_AAD_TAG = b"fedctx/keyshare/secret-context/v1"
+
+
+def encrypt_secret_context(
+    secret: bytes, *, federation_id: str, public_context_fingerprint: str
+) -> tuple[bytes, bytes]:
+    """Encrypt a (large) secret context once under a fresh 32-byte data key.
+
+    The keyholder publishes the returned blob once and :func:`seal`\ s only the data
+    key to each recipient, so publishing costs O(size + 32 x recipients) rather than
+    O(size x recipients). The AEAD binds the federation and the context fingerprint.
+
+    Returns:
+        ``(data_key, blob)``; the data key must only ever travel sealed.
+    """
+    secret_bytes = _as_bytes(secret, "secret")
+    if not 0 < len(secret_bytes) <= MAX_SECRET_BYTES:
+        raise KeyShareError(f"secret must be 1..{MAX_SECRET_BYTES} bytes")
+    fed = _encode_id(federation_id, "federation_id")
+    fingerprint = _encode_fingerprint(public_context_fingerprint)
+    data_key = ChaCha20Poly1305.generate_key()
+    nonce = os.urandom(_NONCE_BYTES)
+    aad = _lp(_CONTEXT_AAD_TAG, fed, fingerprint)
+    ciphertext = ChaCha20Poly1305(data_key).encrypt(nonce, secret_bytes, aad)
+    return data_key, _CONTEXT_MAGIC + nonce + ciphertext
+
+
+def decrypt_secret_context(
+    blob: bytes, *, data_key: bytes, federation_id: str, public_context_fingerprint: str
+) -> bytes:
+    """Inverse of :func:`encrypt_secret_context`; any tampering raises KeyShareError."""
+    data = _as_bytes(blob, "blob")
+    key = _as_bytes(data_key, "data_key")
+    if len(key) != 32 or len(data) < 4 + _NONCE_BYTES + 16 or data[:4] != _CONTEXT_MAGIC:
+        raise KeyShareError("encrypted secret context is malformed")
+    fed = _encode_id(federation_id, "federation_id")
+    fingerprint = _encode_fingerprint(public_context_fingerprint)
+    nonce, ciphertext = data[4 : 4 + _NONCE_BYTES], data[4 + _NONCE_BYTES :]
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, _lp(_CONTEXT_AAD_TAG, fed, fingerprint))
+    except InvalidTag:
+        raise KeyShareError(
+            "encrypted secret context failed authentication (wrong key, federation or "
+            "fingerprint, or tampered)"
+        ) from None

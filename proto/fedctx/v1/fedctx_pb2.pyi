@@ -109,20 +109,22 @@ class SealedKey(_message.Message):
     def __init__(self, recipient_id: _Optional[str] = ..., sealed_secret_context: _Optional[bytes] = ...) -> None: ...
 
 class PublishKeysRequest(_message.Message):
-    __slots__ = ("federation_id", "public_context", "ckks_params_fingerprint", "model_fingerprint", "layer_map_fingerprint", "sealed_keys")
+    __slots__ = ("federation_id", "public_context", "ckks_params_fingerprint", "model_fingerprint", "layer_map_fingerprint", "sealed_keys", "encrypted_secret_context")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CKKS_PARAMS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     LAYER_MAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     SEALED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_SECRET_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     public_context: bytes
     ckks_params_fingerprint: str
     model_fingerprint: str
     layer_map_fingerprint: str
     sealed_keys: _containers.RepeatedCompositeFieldContainer[SealedKey]
-    def __init__(self, federation_id: _Optional[str] = ..., public_context: _Optional[bytes] = ..., ckks_params_fingerprint: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., sealed_keys: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ...) -> None: ...
+    encrypted_secret_context: bytes
+    def __init__(self, federation_id: _Optional[str] = ..., public_context: _Optional[bytes] = ..., ckks_params_fingerprint: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., sealed_keys: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ..., encrypted_secret_context: _Optional[bytes] = ...) -> None: ...
 
 class PublishKeysResponse(_message.Message):
     __slots__ = ("ckks_context_fingerprint",)
@@ -135,16 +137,18 @@ class FetchSealedKeyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FetchSealedKeyResponse(_message.Message):
-    __slots__ = ("keyholder_id", "keyholder_certificate_pem", "ckks_context_fingerprint", "sealed_secret_context")
+    __slots__ = ("keyholder_id", "keyholder_certificate_pem", "ckks_context_fingerprint", "sealed_secret_context", "encrypted_secret_context")
     KEYHOLDER_ID_FIELD_NUMBER: _ClassVar[int]
     KEYHOLDER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     CKKS_CONTEXT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     SEALED_SECRET_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_SECRET_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     keyholder_id: str
     keyholder_certificate_pem: str
     ckks_context_fingerprint: str
     sealed_secret_context: bytes
-    def __init__(self, keyholder_id: _Optional[str] = ..., keyholder_certificate_pem: _Optional[str] = ..., ckks_context_fingerprint: _Optional[str] = ..., sealed_secret_context: _Optional[bytes] = ...) -> None: ...
+    encrypted_secret_context: bytes
+    def __init__(self, keyholder_id: _Optional[str] = ..., keyholder_certificate_pem: _Optional[str] = ..., ckks_context_fingerprint: _Optional[str] = ..., sealed_secret_context: _Optional[bytes] = ..., encrypted_secret_context: _Optional[bytes] = ...) -> None: ...
 
 class ContributionHeader(_message.Message):
     __slots__ = ("federation_id", "round_id", "model_fingerprint", "layer_map_fingerprint", "ckks_context_fingerprint", "vector_length", "num_ciphertexts", "payload_bytes", "payload_sha256", "kind")
