@@ -201,3 +201,21 @@ def test_restart_mid_round_keeps_accepted_contributions(coordinator_factory, pki
     assert aggregate.contributions == 3
     np.testing.assert_allclose(ckks.decrypt_vector(context, aggregate.blobs, length=100), 6.0,
                                atol=1e-4)
+
+
+def test_seven_billion_parameter_sized_vectors_stream_in_chunks(coordinator_factory, pki) -> None:  # type: ignore[no-untyped-def]
+    """2 x 32 layers x 4096 = 262,144 values: ~4.2 MB per upload, over gRPC's 4 MB default."""
+    server = coordinator_factory(roster=ROSTER)
+    clients, context, federation = _setup_keys(pki, server.port)
+    length = 2 * 32 * 4096
+    values = {pid: np.random.default_rng(i).normal(size=length) for i, pid in enumerate(ROSTER)}
+    for pid in ROSTER:
+        blobs = ckks.encrypt_vector(context, values[pid])
+        assert len(payload.frame(blobs)) > 4 * 1024 * 1024
+        receipt = clients[pid].submit(_header(federation, length, kind="context_vector"), blobs,
+                                      chunk_bytes=federation.chunk_bytes)
+    assert receipt.state == pb.ROUND_STATE_CLOSED
+    aggregate = clients["org1"].download_aggregate("r1")
+    assert aggregate.payload_bytes > 8 * 1024 * 1024  # the sum streams back in chunks too
+    np.testing.assert_allclose(ckks.decrypt_vector(context, aggregate.blobs, length=length),
+                               sum(values.values()), atol=1e-4)
