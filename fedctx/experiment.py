@@ -157,7 +157,14 @@ class Harness:
         todo = [r for r in plan_runs(self.config) if r.key() not in done]
         for spec in tqdm(todo, desc="runs", disable=not progress):
             start = time.perf_counter()
-            row = self._run_one(spec)
+            try:
+                row = self._run_one(spec)
+            except Exception as exc:  # noqa: BLE001 - one failed cell must not end a sweep
+                failure = {**asdict(spec), "run_key": spec.key(), "error": repr(exc),
+                           "wall_s": time.perf_counter() - start}
+                with (self.out_dir / "failures.jsonl").open("a") as handle:
+                    handle.write(json.dumps(failure) + "\n")
+                continue
             row.update(asdict(spec), run_key=spec.key(), wall_s=time.perf_counter() - start,
                        model=self.config.model)
             with self.results_file.open("a") as handle:

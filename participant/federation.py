@@ -284,6 +284,11 @@ class Participant:
     ) -> tuple[np.ndarray, int]:
         """Encrypt ``values``, contribute to ``round_id``, return (sum / count, count)."""
         assert self.secret_context is not None
+        if not np.all(np.isfinite(values)):
+            raise ProtocolError(
+                f"{self.config.participant_id}: {kind} for round {round_id!r} has non-finite "
+                f"values ({int((~np.isfinite(values)).sum())} of {values.size}); nothing was sent"
+            )
         status = self.client.round(round_id)
         if not status.contributed:
             blobs = ckks.encrypt_vector(self.secret_context, values)

