@@ -80,6 +80,7 @@ class ParticipantConfig:
     dirichlet_alpha: float = 0.0
     split_seed: int = 0
     vector_source: str = "private"
+    vector_weighting: str = "uniform"
     demonstrations_per_class: int = 8
     max_calibration_records: int = 256
     evaluate: bool = True
@@ -96,6 +97,8 @@ class ParticipantConfig:
     use_cached_task: bool = False
 
     def __post_init__(self) -> None:
+        if self.vector_weighting not in ("uniform", "records"):
+            raise ConfigError("vector_weighting must be 'uniform' (the paper) or 'records'")
         if self.vector_source not in VECTOR_SOURCES:
             raise ConfigError(f"vector_source must be one of {VECTOR_SOURCES}")
         if not 0 <= self.partition_index < max(1, self.num_partitions):

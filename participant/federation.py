@@ -370,10 +370,20 @@ class Participant:
                     sensitivity=f"whitened L2 {clip:.4g} (add/remove one record)",
                 )
             self._check_precision(deviation, sigma, clip, reference, len(demos), federation)
-            mean, count = self.secure_mean("vector", deviation, kind="context_vector",
-                                           federation=federation, release_id=release)
+            vector_round = "vector" if cfg.vector_weighting == "uniform" else "vector-weighted"
+            if cfg.vector_weighting == "records":
+                # Weighted by demonstration count: sum N_k v_k / sum N_k. The count rides in
+                # one extra encrypted slot (counts are public metadata, see docs/privacy.md).
+                weighted = np.concatenate([deviation * len(demos), [float(len(demos))]])
+                total, count = self.secure_mean(
+                    vector_round, weighted, kind="context_vector", federation=federation,
+                    release_id=release)
+                mean = total[:-1] / total[-1]
+            else:  # the paper's unweighted mean over participants
+                mean, count = self.secure_mean(vector_round, deviation, kind="context_vector",
+                                               federation=federation, release_id=release)
             vector = center.vector + torch.from_numpy(mean).reshape(shape).float()
-            report.rounds.append({"round": "vector", "contributions": count})
+            report.rounds.append({"round": vector_round, "contributions": count})
             timings["vector_private_path"] = time.perf_counter() - private_start
         elif cfg.vector_source == "public":
             vector = reference.vector

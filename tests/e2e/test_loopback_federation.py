@@ -128,3 +128,22 @@ def test_finished_task_is_cached_and_reused_without_new_releases(
     cached = torch.load(tmp_path / "org2" / "fed-test-sst2-calibrated.pt", weights_only=True)
     assert torch.allclose(cached["vector"], first["vector"], atol=1e-4)
     assert torch.allclose(cached["coefficients"], first["coefficients"], atol=1e-5)
+
+
+def test_vector_weighted_by_record_count(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    from participant.config import PrivacySettings
+
+    server = coordinator_factory()
+    configs = [
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            vector_weighting="records",
+                            privacy=PrivacySettings(target_epsilon=float("inf")))
+        for pid in ("org1", "org2")
+    ]
+    reports = _run_all(configs)
+    assert reports["org1"].rounds[0] == {"round": "vector-weighted", "contributions": 2}
+    saved = [torch.load(tmp_path / pid / "fed-test-sst2-calibrated.pt", weights_only=True)
+             for pid in ("org1", "org2")]
+    assert torch.allclose(saved[0]["vector"], saved[1]["vector"], atol=1e-4)

@@ -1,0 +1,57 @@
+"""The command line: infer with a calibrated task, privacy report, config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def test_infer_and_privacy_report(tmp_path: Path, tiny_llama_dir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fedctx.cli import main
+    from participant.hooks import default_coefficients
+    from participant.layers import layer_map_fingerprint, resolve_layer_sites
+    from participant.model import load_model
+    from privacy.ledger import PrivacyLedger
+
+    lm = load_model(str(tiny_llama_dir))
+    sites = resolve_layer_sites(lm.model)
+    calibrated = tmp_path / "task.pt"
+    torch.save({"vector": torch.zeros(2, sites.num_layers, sites.hidden_size),
+                "coefficients": default_coefficients(sites.num_layers), "task": "sst2",
+                "model_fingerprint": lm.fingerprint, "layer_map": layer_map_fingerprint(sites)},
+               calibrated)
+    assert main(["infer", "--calibrated", str(calibrated), "--model", str(tiny_llama_dir),
+                 "a good film", "a bad film"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)
+
+    ledger = PrivacyLedger(tmp_path / "l.jsonl", budget_epsilon=8, delta=1e-5)
+    ledger.reserve(release_id="f/vector", description="d", noise_multiplier=1.0, sample_rate=1.0,
+                   steps=1, sensitivity="s")
+    assert main(["privacy", "report", "--ledger", str(tmp_path / "l.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "f/vector" in out and "reserved" in out and "epsilon spent: " in out
+
+    other = tmp_path / "other"
+    from tiny_checkpoint import save_tiny_llama
+
+    save_tiny_llama(other, seed=1)
+    assert main(["infer", "--calibrated", str(calibrated), "--model", str(other), "x"]) == 2
+    assert "another model" in capsys.readouterr().err
+
+
+def test_config_errors_are_clear(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fedctx.cli import main
+
+    bad = tmp_path / "c.toml"
+    bad.write_text('[coordinator]\nfederation_id = "f"\nroster = ["a"]\nkeyholder_id = "b"\n'
+                   'state_dir = "s"\ntls_cert = "x"\ntls_key = "y"\ntls_ca = "z"\n')
+    assert main(["coordinator", "--config", str(bad)]) == 2
+    assert "keyholder_id 'b' is not in the roster" in capsys.readouterr().err
+    bad.write_text('[coordinator]\nfederation_id = "f"\nbogus = 1\n')
+    assert main(["coordinator", "--config", str(bad)]) == 2
+    assert "unknown coordinator keys ['bogus']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--vector-source", "nonsense"])
