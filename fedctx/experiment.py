@@ -122,6 +122,22 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     return runs
 
 
+def _priority(spec: RunSpec) -> tuple[int, int]:
+    """Run order: the cells that answer the main questions on every task come first, so a
+    sweep cut short still covers all tasks (stable within a tier: the plan's order)."""
+    if spec.method in ("zero_shot", "centralised"):
+        tier = 0
+    elif spec.method == METHODS_FEDERATED and spec.vector_source == "private" and \
+            (math.isinf(spec.epsilon) or spec.epsilon >= 8):
+        tier = 1
+    elif spec.method in ("few_shot", "local_only") or (
+            spec.method == METHODS_FEDERATED and math.isinf(spec.epsilon)):
+        tier = 2
+    else:
+        tier = 3
+    return tier, 0
+
+
 @dataclass
 class Harness:
     """Runs a grid into ``out_dir``."""
@@ -154,7 +170,7 @@ class Harness:
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
         done = self.finished()
-        todo = [r for r in plan_runs(self.config) if r.key() not in done]
+        todo = sorted((r for r in plan_runs(self.config) if r.key() not in done), key=_priority)
         for spec in tqdm(todo, desc="runs", disable=not progress):
             start = time.perf_counter()
             try:
@@ -285,26 +301,17 @@ class Harness:
                                         coefficients=coefficients)),
                 "epsilon_spent": math.inf, "note": "pooled data, one calibrator"}
 
-    def _baseline_dp_fedavg_lora(self, spec: RunSpec) -> dict[str, object]:
-        return self._lora(spec)
-
-    def _lora(self, spec: RunSpec) -> dict[str, object]:
-        """DP-FedAvg of LoRA adapters: a real federation, like :meth:`_federated`."""
+    def _loopback_federation(self, spec: RunSpec, run_participant) -> tuple[list[str], dict]:  # type: ignore[no-untyped-def,type-arg]
+        """A real federation for one cell: in-process coordinator (mTLS, 127.0.0.1:0) and
+        one thread per participant; ``run_participant(index, **base)`` builds the
+        participant's config from ``base`` (identity, TLS, data file) and runs it."""
         import torch
 
         from coordinator.config import CoordinatorConfig
         from coordinator.server import CoordinatorServer
-        from participant.config import ParticipantConfig, PrivacySettings
-        from participant.lora import LoraConfigSpec
-        from participant.lora_federation import run_lora_participant
 
         from .provision import provision
 
-        c = self.config
-        lora = LoraConfigSpec(rank=c.lora_rank, alpha=2.0 * c.lora_rank,
-                              target_modules=tuple(c.lora_targets), rounds=c.lora_rounds,
-                              steps_per_round=c.lora_steps_per_round,
-                              batch_size=c.lora_batch_size, learning_rate=c.lora_learning_rate)
         task, parts, _, data_dir = self._splits(spec)
         run_dir = self.out_dir / "runs" / spec.key()
         ids = [f"p{i:02d}" for i in range(spec.participants)]
@@ -327,18 +334,17 @@ class Harness:
                 json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n"
                 for e in parts[index]))
             cert, key = pki.participants[pid]
-            config = ParticipantConfig(
-                participant_id=pid, coordinator=f"127.0.0.1:{server.port}", tls_cert=cert,
-                tls_key=key, tls_ca=pki.ca_cert, state_dir=run_dir / pid,
-                federation_id=federation_id, task=spec.task, model=c.model,
-                data_file=str(data_file), data_dir=data_dir, vector_source="zero",
-                max_calibration_records=c.records_per_participant,
-                evaluate=index == 0, test_per_class=c.test_per_class,
-                seed=1000 * spec.seed + index, test_seed=1000 + spec.seed,
-                privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=c.delta),
-            )
+            base = {
+                "participant_id": pid, "coordinator": f"127.0.0.1:{server.port}",
+                "tls_cert": cert, "tls_key": key, "tls_ca": pki.ca_cert,
+                "state_dir": run_dir / pid, "federation_id": federation_id, "task": spec.task,
+                "model": self.config.model, "data_file": str(data_file), "data_dir": data_dir,
+                "max_calibration_records": self.config.records_per_participant,
+                "evaluate": index == 0, "test_per_class": self.config.test_per_class,
+                "seed": 1000 * spec.seed + index, "test_seed": 1000 + spec.seed,
+            }
             try:
-                reports[pid] = run_lora_participant(config, lora)
+                reports[pid] = run_participant(index, **base)
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 errors.append(exc)
 
@@ -352,6 +358,30 @@ class Harness:
             server.stop(grace_s=0)
         if errors:
             raise errors[0]
+        return ids, reports
+
+    def _baseline_dp_fedavg_lora(self, spec: RunSpec) -> dict[str, object]:
+        return self._lora(spec)
+
+    def _lora(self, spec: RunSpec) -> dict[str, object]:
+        """DP-FedAvg of LoRA adapters: a real federation, like :meth:`_federated`."""
+        from participant.config import ParticipantConfig, PrivacySettings
+        from participant.lora import LoraConfigSpec
+        from participant.lora_federation import run_lora_participant
+
+        c = self.config
+        lora = LoraConfigSpec(rank=c.lora_rank, alpha=2.0 * c.lora_rank,
+                              target_modules=tuple(c.lora_targets), rounds=c.lora_rounds,
+                              steps_per_round=c.lora_steps_per_round,
+                              batch_size=c.lora_batch_size, learning_rate=c.lora_learning_rate)
+
+        def run(index: int, **base: object) -> object:
+            config = ParticipantConfig(
+                **base, vector_source="zero",  # type: ignore[arg-type]
+                privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=c.delta))
+            return run_lora_participant(config, lora)
+
+        ids, reports = self._loopback_federation(spec, run)
         first = reports[ids[0]]
         scores = first.scores["lora"]  # type: ignore[attr-defined]
         rounds = [r for rep in reports.values() for r in rep.rounds]  # type: ignore[attr-defined]
@@ -371,70 +401,23 @@ class Harness:
         }
 
     def _federated(self, spec: RunSpec) -> dict[str, object]:
-        import torch
-
-        from coordinator.config import CoordinatorConfig
-        from coordinator.server import CoordinatorServer
         from participant.config import ParticipantConfig, PrivacySettings
         from participant.federation import Participant
 
-        from .provision import provision
-
-        task, parts, _, data_dir = self._splits(spec)
-        run_dir = self.out_dir / "runs" / spec.key()
-        ids = [f"p{i:02d}" for i in range(spec.participants)]
-        pki = provision(run_dir / "pki", ids)
-        federation_id = f"exp-{spec.key()}"
-        server = CoordinatorServer(CoordinatorConfig(
-            federation_id=federation_id, roster=tuple(ids), keyholder_id=ids[0],
-            state_dir=run_dir / "coordinator", tls_cert=pki.coordinator_cert,
-            tls_key=pki.coordinator_key, tls_ca=pki.ca_cert, round_timeout_s=3600,
-        )).start()
-        model_path = self.config.model
-        reports: dict[str, object] = {}
-        errors: list[BaseException] = []
-        torch.set_num_threads(1)
-
-        def run(index: int) -> None:
-            pid = ids[index]
-            data_file = run_dir / "data" / f"{pid}.jsonl"
-            data_file.parent.mkdir(parents=True, exist_ok=True)
-            data_file.write_text("".join(
-                json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n"
-                for e in parts[index]))
-            cert, key = pki.participants[pid]
-            config = ParticipantConfig(
-                participant_id=pid, coordinator=f"127.0.0.1:{server.port}", tls_cert=cert,
-                tls_key=key, tls_ca=pki.ca_cert, state_dir=run_dir / pid,
-                federation_id=federation_id, task=spec.task, model=model_path,
-                data_file=str(data_file), data_dir=data_dir,
-                vector_source=spec.vector_source,
+        def run(index: int, **base: object) -> object:
+            participant = Participant(ParticipantConfig(
+                **base, vector_source=spec.vector_source,  # type: ignore[arg-type]
                 demonstrations_per_class=self.config.demonstrations_per_class,
-                max_calibration_records=self.config.records_per_participant,
-                evaluate=index == 0, test_per_class=self.config.test_per_class,
-                seed=1000 * spec.seed + index, test_seed=1000 + spec.seed,
                 privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta,
                                         vector_clip_mode=spec.vector_clip_mode),
                 calibration=self._calibration(),
-            )
-            participant = Participant(config)
+            ))
             try:
-                reports[pid] = participant.run()
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
+                return participant.run()
             finally:
                 participant.close()
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(spec.participants)]
-        try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        finally:
-            server.stop(grace_s=0)
-        if errors:
-            raise errors[0]
+        ids, reports = self._loopback_federation(spec, run)
         first = reports[ids[0]]
         scores = first.scores["injected_calibrated"]  # type: ignore[attr-defined]
         return {

@@ -148,40 +148,36 @@ class CoordinatorClient:
             pb.GetRoundRequest(round_id=round_id), timeout=self.timeout_s))
 
     # -- streams -----------------------------------------------------------------------
-    def submit(
-        self, header: pb.ContributionHeader, blobs: list[bytes], *, chunk_bytes: int
-    ) -> pb.SubmitContributionResponse:
-        """Upload framed ciphertexts; retried uploads are idempotent (same digest)."""
+    def _upload(self, method: str, request_type: Any, header: Any, blobs: list[bytes], *,
+                chunk_bytes: int) -> Any:
+        """Stream ``header`` then the framed ciphertexts in chunks; fills the header's
+        size, digest and count. Retried uploads are idempotent (same digest)."""
         data = payload.frame(blobs)
         header.payload_bytes = len(data)
         header.payload_sha256 = payload.sha256(data)
         header.num_ciphertexts = len(blobs)
 
-        def messages() -> Iterator[pb.SubmitContributionRequest]:
-            yield pb.SubmitContributionRequest(header=header)
+        def messages() -> Iterator[Any]:
+            yield request_type(header=header)
             for offset in range(0, len(data), chunk_bytes):
-                yield pb.SubmitContributionRequest(chunk=data[offset : offset + chunk_bytes])
+                yield request_type(chunk=data[offset : offset + chunk_bytes])
 
-        response = self._call("SubmitContribution", lambda: self.stub.SubmitContribution(
-            messages(), timeout=self.stream_timeout_s))
+        stub_method = getattr(self.stub, method)
+        response = self._call(method, lambda: stub_method(messages(), timeout=self.stream_timeout_s))
         self.bytes_sent += len(data) + header.ByteSize()
         return response
 
+    def submit(
+        self, header: pb.ContributionHeader, blobs: list[bytes], *, chunk_bytes: int
+    ) -> pb.SubmitContributionResponse:
+        """Upload one contribution (framed ciphertexts) to its round."""
+        return self._upload("SubmitContribution", pb.SubmitContributionRequest, header, blobs,
+                            chunk_bytes=chunk_bytes)
+
     def put_task(self, header: pb.TaskHeader, blobs: list[bytes], *, chunk_bytes: int) -> bool:
         """Store a finished task in the coordinator's cache; True if it was already there."""
-        data = payload.frame(blobs)
-        header.payload_bytes = len(data)
-        header.payload_sha256 = payload.sha256(data)
-        header.num_ciphertexts = len(blobs)
-
-        def messages() -> Iterator[pb.PutTaskRequest]:
-            yield pb.PutTaskRequest(header=header)
-            for offset in range(0, len(data), chunk_bytes):
-                yield pb.PutTaskRequest(chunk=data[offset : offset + chunk_bytes])
-
-        response = self._call("PutTask", lambda: self.stub.PutTask(
-            messages(), timeout=self.stream_timeout_s))
-        self.bytes_sent += len(data) + header.ByteSize()
+        response = self._upload("PutTask", pb.PutTaskRequest, header, blobs,
+                                chunk_bytes=chunk_bytes)
         return bool(response.duplicate)
 
     def get_task(self, task_id: str) -> tuple[pb.TaskHeader, list[bytes]] | None:
