@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ceremony import client_for, contribution_header, key_ceremony
 from participant.client import CoordinatorClient, TlsFiles
 from privacy import ckks, keyshare, payload
 from proto.fedctx.v1 import fedctx_pb2 as pb
@@ -15,62 +16,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 ROSTER = ("org1", "org2", "org3")
 
 
-def _client(pki, pid, port):  # type: ignore[no-untyped-def]
-    cert, key = pki.participants[pid]
-    return CoordinatorClient(f"127.0.0.1:{port}", TlsFiles(cert, key, pki.ca_cert),
-                             timeout_s=10, retries=0)
-
-
 def _setup_keys(pki, port):  # type: ignore[no-untyped-def]
-    """Run the real key ceremony; returns (clients, secret context, federation)."""
-    clients = {pid: _client(pki, pid, port) for pid in ROSTER}
-    x25519 = {}
-    for pid, client in clients.items():
-        private, public = keyshare.generate_x25519_keypair()
-        x25519[pid] = private
-        client.announce_key(pb.AnnounceKeyRequest(
-            federation_id="fed-test", x25519_public=public,
-            signature=keyshare.sign_key_announcement(
-                federation_id="fed-test", participant_id=pid, x25519_public=public,
-                signing_key_pem=pki.participants[pid][1].read_bytes()),
-            certificate_pem=pki.participants[pid][0].read_text()))
-    context = ckks.create_secret_context(ckks.CkksParams())
-    public = ckks.serialize_public_context(context)
-    fingerprint = ckks.context_fingerprint(public)
-    secret = ckks.serialize_secret_context(context)
-    sealed = [
-        pb.SealedKey(recipient_id=a.participant_id, sealed_secret_context=keyshare.seal(
-            secret, recipient_x25519_public=a.x25519_public, federation_id="fed-test",
-            recipient_id=a.participant_id, public_context_fingerprint=fingerprint,
-            sender_signing_key_pem=pki.participants["org1"][1].read_bytes()))
-        for a in clients["org1"].key_announcements() if a.participant_id != "org1"
-    ]
-    clients["org1"].publish_keys(pb.PublishKeysRequest(
-        federation_id="fed-test", public_context=public,
-        ckks_params_fingerprint=ckks.CkksParams().fingerprint(), model_fingerprint="m" * 64,
-        layer_map_fingerprint="l" * 64, sealed_keys=sealed))
-    # org2 opens its sealed key: the relay really works.
+    """The real key ceremony; org2 then opens its sealed key (the relay really works)."""
+    clients, context, federation, private_keys = key_ceremony(pki, port, ROSTER)
     response = clients["org2"].fetch_sealed_key()
-    opened = keyshare.open_sealed(
-        response.sealed_secret_context, recipient_x25519_private=x25519["org2"],
+    data_key = keyshare.open_sealed(
+        response.sealed_secret_context, recipient_x25519_private=private_keys["org2"],
         federation_id="fed-test", recipient_id="org2",
         public_context_fingerprint=response.ckks_context_fingerprint,
         sender_certificate_pem=response.keyholder_certificate_pem.encode(),
         ca_certificate_pem=pki.ca_cert.read_bytes(), sender_id="org1")
-    assert ckks.context_fingerprint(
-        ckks.serialize_public_context(ckks.load_secret_context(opened))) == fingerprint
-    return clients, context, clients["org1"].federation()
-
-
-def _header(federation, length, **changes):  # type: ignore[no-untyped-def]
-    header = pb.ContributionHeader(
-        federation_id="fed-test", round_id="r1", model_fingerprint="m" * 64,
-        layer_map_fingerprint="l" * 64,
-        ckks_context_fingerprint=federation.ckks_context_fingerprint, vector_length=length,
-        kind="context_vector")
-    for key, value in changes.items():
-        setattr(header, key, value)
-    return header
+    opened = keyshare.decrypt_secret_context(
+        response.encrypted_secret_context, data_key=data_key, federation_id="fed-test",
+        public_context_fingerprint=response.ckks_context_fingerprint)
+    assert ckks.context_fingerprint(ckks.serialize_public_context(
+        ckks.load_secret_context(opened))) == federation.ckks_context_fingerprint
+    return clients, context, federation
 
 
 def _code(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
@@ -89,41 +50,41 @@ def test_bad_contributions_are_rejected_and_the_round_goes_on(coordinator_factor
 
     # Wrong length: header promises 3000 values, ciphertexts carry 2500.
     short = ckks.encrypt_vector(context, values["org2"][:2500])
-    assert _code(lambda: org2.submit(_header(federation, length), short, chunk_bytes=chunk)) \
+    assert _code(lambda: org2.submit(contribution_header(federation, length), short, chunk_bytes=chunk)) \
         == grpc.StatusCode.INVALID_ARGUMENT
     # Foreign CKKS context, honestly labelled: header fingerprint mismatch.
     foreign = ckks.create_secret_context(ckks.CkksParams())
     foreign_fp = ckks.context_fingerprint(ckks.serialize_public_context(foreign))
     blobs = ckks.encrypt_vector(foreign, values["org2"])
-    assert _code(lambda: org2.submit(_header(federation, length, ckks_context_fingerprint=foreign_fp),
+    assert _code(lambda: org2.submit(contribution_header(federation, length, ckks_context_fingerprint=foreign_fp),
                                      blobs, chunk_bytes=chunk)) == grpc.StatusCode.INVALID_ARGUMENT
     # Foreign parameter set, mislabelled with the federation's fingerprint.
     other = ckks.create_secret_context(ckks.CkksParams(poly_modulus_degree=8192,
                                                        coeff_mod_bit_sizes=(60, 40, 60),
                                                        global_scale_bits=40))
     other_blobs = ckks.encrypt_vector(other, values["org2"][:2048])
-    assert _code(lambda: org2.submit(_header(federation, 2048), other_blobs, chunk_bytes=chunk)) \
+    assert _code(lambda: org2.submit(contribution_header(federation, 2048), other_blobs, chunk_bytes=chunk)) \
         == grpc.StatusCode.INVALID_ARGUMENT
     # Garbage bytes shaped like ciphertexts.
-    assert _code(lambda: org2.submit(_header(federation, length), [b"\x00" * 100, b"x" * 50],
+    assert _code(lambda: org2.submit(contribution_header(federation, length), [b"\x00" * 100, b"x" * 50],
                                      chunk_bytes=chunk)) == grpc.StatusCode.INVALID_ARGUMENT
     # Wrong bindings.
     good = ckks.encrypt_vector(context, values["org2"])
     for change in ({"federation_id": "other"}, {"model_fingerprint": "0" * 64},
                    {"layer_map_fingerprint": "0" * 64}, {"kind": "nonsense"},
                    {"round_id": "bad round id!"}):
-        assert _code(lambda c=change: org2.submit(_header(federation, length, **c), good,
+        assert _code(lambda c=change: org2.submit(contribution_header(federation, length, **c), good,
                                                   chunk_bytes=chunk)) \
             == grpc.StatusCode.INVALID_ARGUMENT, change
     # Oversized (declared) payload.
-    big = _header(federation, length, payload_bytes=10**9, num_ciphertexts=2,
+    big = contribution_header(federation, length, payload_bytes=10**9, num_ciphertexts=2,
                   payload_sha256=b"\x00" * 32)
     assert _code(lambda: org2.stub.SubmitContribution(
         iter([pb.SubmitContributionRequest(header=big)]), timeout=10)) \
         == grpc.StatusCode.RESOURCE_EXHAUSTED
     # Truncated stream: header announces more bytes than arrive.
     data = payload.frame(good)
-    truncated = _header(federation, length, payload_bytes=len(data), num_ciphertexts=2,
+    truncated = contribution_header(federation, length, payload_bytes=len(data), num_ciphertexts=2,
                         payload_sha256=payload.sha256(data))
     assert _code(lambda: org2.stub.SubmitContribution(iter([
         pb.SubmitContributionRequest(header=truncated),
@@ -133,17 +94,17 @@ def test_bad_contributions_are_rejected_and_the_round_goes_on(coordinator_factor
     assert clients["org1"].round("r1").contributions == 0
 
     # Valid contributions; a replay is answered as a duplicate and not counted twice.
-    first = clients["org1"].submit(_header(federation, length),
+    first = clients["org1"].submit(contribution_header(federation, length),
                                    ckks.encrypt_vector(context, values["org1"]), chunk_bytes=chunk)
     assert (first.contributions, first.duplicate) == (1, False)
     replay_blobs = ckks.encrypt_vector(context, values["org2"])
-    org2.submit(_header(federation, length), replay_blobs, chunk_bytes=chunk)
-    again = org2.submit(_header(federation, length), replay_blobs, chunk_bytes=chunk)
+    org2.submit(contribution_header(federation, length), replay_blobs, chunk_bytes=chunk)
+    again = org2.submit(contribution_header(federation, length), replay_blobs, chunk_bytes=chunk)
     assert (again.duplicate, again.contributions) == (True, 2)
     changed = ckks.encrypt_vector(context, values["org2"] + 1)
-    assert _code(lambda: org2.submit(_header(federation, length), changed, chunk_bytes=chunk)) \
+    assert _code(lambda: org2.submit(contribution_header(federation, length), changed, chunk_bytes=chunk)) \
         == grpc.StatusCode.ALREADY_EXISTS
-    last = clients["org3"].submit(_header(federation, length),
+    last = clients["org3"].submit(contribution_header(federation, length),
                                   ckks.encrypt_vector(context, values["org3"]), chunk_bytes=chunk)
     assert last.state == pb.ROUND_STATE_CLOSED
 
@@ -153,7 +114,7 @@ def test_bad_contributions_are_rejected_and_the_round_goes_on(coordinator_factor
     np.testing.assert_allclose(total, sum(values.values()), atol=1e-4)
     # Late upload to the closed round.
     late = ckks.encrypt_vector(context, values["org1"] * 2)
-    assert _code(lambda: clients["org1"].submit(_header(federation, length), late,
+    assert _code(lambda: clients["org1"].submit(contribution_header(federation, length), late,
                                                 chunk_bytes=chunk)) in (
         grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION)
     # The server is still healthy.
@@ -166,7 +127,7 @@ def test_peers_outside_the_roster_or_pki_are_refused(coordinator_factory, pki, t
     from fedctx.provision import provision
 
     server = coordinator_factory(roster=("org1", "org2"))
-    outsider = _client(pki, "org3", server.port)  # valid certificate, not in the roster
+    outsider = client_for(pki, "org3", server.port)  # valid certificate, not in the roster
     assert _code(outsider.key_announcements) == grpc.StatusCode.PERMISSION_DENIED
     other_ca = provision(tmp_path / "other-pki", ["org1"])
     cert, key = other_ca.participants["org1"]
@@ -186,16 +147,16 @@ def test_restart_mid_round_keeps_accepted_contributions(coordinator_factory, pki
     server = coordinator_factory(roster=ROSTER, state_dir=state)
     clients, context, federation = _setup_keys(pki, server.port)
     values = {pid: np.full(100, float(i + 1)) for i, pid in enumerate(ROSTER)}
-    clients["org1"].submit(_header(federation, 100), ckks.encrypt_vector(context, values["org1"]),
+    clients["org1"].submit(contribution_header(federation, 100), ckks.encrypt_vector(context, values["org1"]),
                            chunk_bytes=federation.chunk_bytes)
     server.stop(grace_s=0)
 
     restarted = coordinator_factory(roster=ROSTER, state_dir=state)
-    clients = {pid: _client(pki, pid, restarted.port) for pid in ROSTER}
+    clients = {pid: client_for(pki, pid, restarted.port) for pid in ROSTER}
     status = clients["org2"].round("r1")
     assert (status.state, status.contributions) == (pb.ROUND_STATE_OPEN, 1)
     for pid in ("org2", "org3"):
-        clients[pid].submit(_header(federation, 100), ckks.encrypt_vector(context, values[pid]),
+        clients[pid].submit(contribution_header(federation, 100), ckks.encrypt_vector(context, values[pid]),
                             chunk_bytes=federation.chunk_bytes)
     aggregate = clients["org1"].download_aggregate("r1")
     assert aggregate.contributions == 3
@@ -212,7 +173,7 @@ def test_seven_billion_parameter_sized_vectors_stream_in_chunks(coordinator_fact
     for pid in ROSTER:
         blobs = ckks.encrypt_vector(context, values[pid])
         assert len(payload.frame(blobs)) > 4 * 1024 * 1024
-        receipt = clients[pid].submit(_header(federation, length, kind="context_vector"), blobs,
+        receipt = clients[pid].submit(contribution_header(federation, length, kind="context_vector"), blobs,
                                       chunk_bytes=federation.chunk_bytes)
     assert receipt.state == pb.ROUND_STATE_CLOSED
     aggregate = clients["org1"].download_aggregate("r1")

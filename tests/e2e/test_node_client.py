@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from participant.client import CoordinatorClient, TlsFiles
-from privacy import ckks, keyshare, payload
+from ceremony import contribution_header, key_ceremony
+from privacy import ckks, payload
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -30,47 +30,9 @@ def _node() -> str:
     return node
 
 
-def _client(pki, pid, port):  # type: ignore[no-untyped-def]
-    cert, key = pki.participants[pid]
-    return CoordinatorClient(f"127.0.0.1:{port}", TlsFiles(cert, key, pki.ca_cert),
-                             timeout_s=10, retries=0)
-
-
 def _setup_keys(pki, port):  # type: ignore[no-untyped-def]
-    """Run the real key ceremony; returns (clients, secret context, federation)."""
-    clients = {pid: _client(pki, pid, port) for pid in ROSTER}
-    for pid, client in clients.items():
-        _, public = keyshare.generate_x25519_keypair()
-        client.announce_key(pb.AnnounceKeyRequest(
-            federation_id="fed-test", x25519_public=public,
-            signature=keyshare.sign_key_announcement(
-                federation_id="fed-test", participant_id=pid, x25519_public=public,
-                signing_key_pem=pki.participants[pid][1].read_bytes()),
-            certificate_pem=pki.participants[pid][0].read_text()))
-    context = ckks.create_secret_context(ckks.CkksParams())
-    public = ckks.serialize_public_context(context)
-    fingerprint = ckks.context_fingerprint(public)
-    secret = ckks.serialize_secret_context(context)
-    sealed = [
-        pb.SealedKey(recipient_id=a.participant_id, sealed_secret_context=keyshare.seal(
-            secret, recipient_x25519_public=a.x25519_public, federation_id="fed-test",
-            recipient_id=a.participant_id, public_context_fingerprint=fingerprint,
-            sender_signing_key_pem=pki.participants["org1"][1].read_bytes()))
-        for a in clients["org1"].key_announcements() if a.participant_id != "org1"
-    ]
-    clients["org1"].publish_keys(pb.PublishKeysRequest(
-        federation_id="fed-test", public_context=public,
-        ckks_params_fingerprint=ckks.CkksParams().fingerprint(), model_fingerprint="m" * 64,
-        layer_map_fingerprint="l" * 64, sealed_keys=sealed))
-    return clients, context, clients["org1"].federation()
-
-
-def _header(federation, length):  # type: ignore[no-untyped-def]
-    return pb.ContributionHeader(
-        federation_id="fed-test", round_id="r1", model_fingerprint="m" * 64,
-        layer_map_fingerprint="l" * 64,
-        ckks_context_fingerprint=federation.ckks_context_fingerprint, vector_length=length,
-        kind="context_vector")
+    clients, context, federation, _ = key_ceremony(pki, port, ROSTER)
+    return clients, context, federation
 
 
 def _run_node(
@@ -91,7 +53,7 @@ def test_node_client_reads_status_and_downloads_the_aggregate(  # type: ignore[n
     length = 3000  # two ciphertexts at 2048 slots
     for i, pid in enumerate(ROSTER):
         values = np.random.default_rng(i).normal(size=length)
-        response = clients[pid].submit(_header(federation, length),
+        response = clients[pid].submit(contribution_header(federation, length),
                                        ckks.encrypt_vector(context, values),
                                        chunk_bytes=federation.chunk_bytes)
     assert response.state == pb.ROUND_STATE_CLOSED
