@@ -127,8 +127,9 @@ def _priority(spec: RunSpec) -> tuple[int, int]:
     sweep cut short still covers all tasks (stable within a tier: the plan's order)."""
     if spec.method in ("zero_shot", "centralised"):
         tier = 0
-    elif spec.method == METHODS_FEDERATED and spec.vector_source == "private" and \
-            (math.isinf(spec.epsilon) or spec.epsilon >= 8):
+    elif spec.method == METHODS_FEDERATED and (
+            (spec.vector_source == "private" and (math.isinf(spec.epsilon) or spec.epsilon >= 8))
+            or (spec.vector_source == "public" and spec.epsilon == 8)):
         tier = 1
     elif spec.method in ("few_shot", "local_only") or (
             spec.method == METHODS_FEDERATED and math.isinf(spec.epsilon)):
