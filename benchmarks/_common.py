@@ -304,10 +304,9 @@ class LoopbackFederation:
         announcements, creates the CKKS context, seals it to every other participant and
         publishes; each participant in ``open_for`` (default: all) fetches and opens its key.
 
-        ``allow_in_process_publish``: if ``PublishKeys`` is refused by gRPC with
-        RESOURCE_EXHAUSTED (the request holds one ~190 kB sealed context per participant and
-        the channel/server limit is 16 MiB), print that and hand the same request to the
-        in-process ``Aggregator.publish_keys`` instead (same validation, no transport).
+        The secret context is encrypted once under a data key and only the 32-byte key is
+        sealed per participant, so PublishKeys grows by ~300 bytes per participant.
+        ``allow_in_process_publish`` is kept for compatibility and no longer needed.
         """
         import grpc
 
@@ -339,6 +338,8 @@ class LoopbackFederation:
         public = ckks.serialize_public_context(context)
         fingerprint = ckks.context_fingerprint(public)
         secret = ckks.serialize_secret_context(context)
+        data_key, encrypted = keyshare.encrypt_secret_context(
+            secret, federation_id=fed, public_context_fingerprint=fingerprint)
         sealed = []
         for a in announcements:
             keyshare.verify_key_announcement(
@@ -347,34 +348,19 @@ class LoopbackFederation:
                 ca_certificate_pem=ca)
             sealed.append(pb.SealedKey(recipient_id=a.participant_id,
                                        sealed_secret_context=keyshare.seal(
-                secret, recipient_x25519_public=a.x25519_public, federation_id=fed,
+                data_key, recipient_x25519_public=a.x25519_public, federation_id=fed,
                 recipient_id=a.participant_id, public_context_fingerprint=fingerprint,
                 sender_signing_key_pem=holder_key)))
         request = pb.PublishKeysRequest(
             federation_id=fed, public_context=public,
             ckks_params_fingerprint=(params or ckks.CkksParams()).fingerprint(),
             model_fingerprint=self.model_fingerprint,
-            layer_map_fingerprint=self.layer_map_fingerprint, sealed_keys=sealed)
+            layer_map_fingerprint=self.layer_map_fingerprint, sealed_keys=sealed,
+            encrypted_secret_context=encrypted)
         seconds["keyholder: verify + create + seal"] = time.perf_counter() - start
         start = time.perf_counter()
-        publish_path = "grpc"
-        try:
-            holder.publish_keys(request)
-        except grpc.RpcError as exc:
-            if not (allow_in_process_publish
-                    and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED):  # type: ignore[attr-defined]
-                raise
-            print(f"!! PublishKeys over gRPC refused: {exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
-            print(f"!! request size {request.ByteSize():,} bytes ({len(sealed)} sealed contexts of "
-                  f"~{len(secret):,} bytes) exceeds the 16 MiB gRPC message limit; falling back "
-                  "to the in-process Aggregator.publish_keys with the same request")
-            self.server.aggregator.publish_keys(
-                keyholder, federation_id=fed, public_context=public,
-                ckks_params_fingerprint=request.ckks_params_fingerprint,
-                model_fingerprint=self.model_fingerprint,
-                layer_map_fingerprint=self.layer_map_fingerprint,
-                sealed_keys={s.recipient_id: s.sealed_secret_context for s in sealed})
-            publish_path = "in-process fallback (gRPC message limit)"
+        publish_path = f"grpc ({request.ByteSize():,} bytes)"
+        holder.publish_keys(request)
         seconds["publish"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -383,12 +369,15 @@ class LoopbackFederation:
             if pid == keyholder:
                 continue
             response = self.client(pid).fetch_sealed_key()
-            opened[pid] = keyshare.open_sealed(
+            opened_key = keyshare.open_sealed(
                 response.sealed_secret_context, recipient_x25519_private=x25519[pid],
                 federation_id=fed, recipient_id=pid,
                 public_context_fingerprint=response.ckks_context_fingerprint,
                 sender_certificate_pem=response.keyholder_certificate_pem.encode(),
                 ca_certificate_pem=ca, sender_id=response.keyholder_id)
+            opened[pid] = keyshare.decrypt_secret_context(
+                response.encrypted_secret_context, data_key=opened_key, federation_id=fed,
+                public_context_fingerprint=response.ckks_context_fingerprint)
             if opened[pid] != secret:
                 raise AssertionError(f"{pid} opened a different secret context")
         seconds["fetch + open (per opening participant)"] = (

@@ -20,10 +20,9 @@ VmRSS after; the high-water mark is reset just before the release), and the chec
 nothing was lost: every upload accepted, the round closed with exactly N contributions from N
 distinct participants, and the decrypted aggregate equals the plaintext sum.
 
-Known limit (printed when hit): ``PublishKeys`` carries one ~187 kB sealed context per
-participant in a single gRPC message, which exceeds the 16 MiB message limit from about 90
-participants; the script then hands the same request to the in-process
-``Aggregator.publish_keys`` (same validation, no transport) and says so.
+This script found that ``PublishKeys`` once carried one ~187 kB sealed context per
+participant and exceeded gRPC's 16 MiB limit from about 90 participants; the secret context
+is now encrypted once and only a 32-byte data key is sealed per participant.
 """
 
 from __future__ import annotations
