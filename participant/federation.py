@@ -163,10 +163,17 @@ class Participant:
             releases.append(PlannedRelease(sample_rate=rate, steps=cal.total_steps))
         return releases
 
-    def noise_multiplier(self) -> float:
-        """Common noise multiplier from the target budget (0 without privacy)."""
+    def noise_multiplier(self, plan: list[PlannedRelease] | None = None) -> float:
+        """Common noise multiplier for ``plan`` (default: this protocol's releases) from the
+        target budget, minus what the same records spent in other federations; 0 without
+        privacy.
+
+        Raises:
+            BudgetExhaustedError: earlier federations already spent the whole budget.
+        """
         privacy = self.config.privacy
-        if not privacy.private or not self.plan():
+        plan = self.plan() if plan is None else plan
+        if not privacy.private or not plan:
             return 0.0
         prior = [
             (e.noise_multiplier, e.sample_rate, e.steps) for e in self.ledger.entries
@@ -180,7 +187,7 @@ class Participant:
             )
         return noise_multiplier_for_budget(
             target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
-            plan=self.plan(), accountant=privacy.accountant, prior_history=prior,
+            plan=plan, accountant=privacy.accountant, prior_history=prior,
         )
 
     # -- keys ---------------------------------------------------------------------------

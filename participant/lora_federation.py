@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from privacy import ckks
-from privacy.accounting import PlannedRelease, epsilon_for_history, noise_multiplier_for_budget
-from privacy.errors import BudgetExhaustedError
+from privacy.accounting import PlannedRelease
 
 from .config import ParticipantConfig
 from .data import balanced_sample, load_split
@@ -75,25 +74,8 @@ class LoraParticipant:
         return [PlannedRelease(sample_rate=self.sample_rate, steps=self.lora.total_steps)]
 
     def noise_multiplier(self) -> float:
-        """Common noise multiplier from the target budget (0 without privacy)."""
-        privacy = self.config.privacy
-        if not privacy.private:
-            return 0.0
-        ledger = self.participant.ledger
-        prior = [
-            (e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.entries
-            if not e.release_id.startswith(f"{self.config.federation_id}/")
-        ]
-        spent = epsilon_for_history(prior, delta=privacy.delta, accountant=privacy.accountant)
-        if spent >= privacy.target_epsilon:
-            raise BudgetExhaustedError(
-                f"these records already spent epsilon {spent:.3f} of the budget "
-                f"{privacy.target_epsilon:g} in earlier federations (ledger {ledger.path})"
-            )
-        return noise_multiplier_for_budget(
-            target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
-            plan=self.plan(), accountant=privacy.accountant, prior_history=prior,
-        )
+        """Common noise multiplier for the LoRA plan (the participant's budget logic)."""
+        return self.participant.noise_multiplier(self.plan())
 
     def run(self) -> LoraParticipantReport:
         """Join, run every LoRA round, evaluate; returns the report."""
