@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import math
+import shutil
 import statistics
 import threading
 import time
@@ -315,6 +316,9 @@ class Harness:
 
         task, parts, _, data_dir = self._splits(spec)
         run_dir = self.out_dir / "runs" / spec.key()
+        # A cell killed mid-run left its coordinator state and ledgers (with reservations)
+        # behind; the re-run starts from nothing rather than inherit a half-spent budget.
+        shutil.rmtree(run_dir, ignore_errors=True)
         ids = [f"p{i:02d}" for i in range(spec.participants)]
         pki = provision(run_dir / "pki", ids)
         federation_id = f"exp-{spec.key()}"

@@ -37,5 +37,17 @@ def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, sha
     again = Harness(config, tmp_path / "out").run(progress=False)  # resume: nothing to do
     assert len(again) == len(rows)
     assert (tmp_path / "out" / "results.jsonl").read_text() == before
+
+    # A cell killed mid-run: its row is gone but its state (ledgers with the budget spent)
+    # is still on disk. Resuming re-runs it from nothing instead of inheriting the spend.
+    results = tmp_path / "out" / "results.jsonl"
+    results.write_text("".join(line + "\n" for line in before.splitlines()
+                               if json.loads(line)["run_key"] != private["run_key"]))
+    assert (tmp_path / "out" / "runs" / private["run_key"]).is_dir()
+    rerun = Harness(config, tmp_path / "out").run(progress=False)
+    assert not (tmp_path / "out" / "failures.jsonl").exists()
+    redone = next(r for r in rerun if r["run_key"] == private["run_key"])
+    assert 0 < redone["epsilon_spent"] <= 4.0 + 1e-6
+
     table = markdown([json.loads(line) for line in before.splitlines()])
     assert "fedctx private (eps=4)" in table and "zero_shot" in table
