@@ -425,7 +425,14 @@ class Harness:
         ids, reports = self._loopback_federation(spec, run)
         first = reports[ids[0]]
         scores = first.scores["injected_calibrated"]  # type: ignore[attr-defined]
-        return {
+        rounds = [r for rep in reports.values() for r in rep.rounds  # type: ignore[attr-defined]
+                  if "bytes_sent" in r]
+        per_round = {
+            "bytes_per_round": statistics.mean(r["bytes_sent"] for r in rounds),
+            "client_seconds_per_round": statistics.mean(r["client_seconds"] for r in rounds),
+            "rounds_released": len(rounds) // len(reports),
+        } if rounds else {}
+        return {**per_round,
             "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],
             "uncalibrated_accuracy": first.scores["injected_uncalibrated"]["accuracy"],  # type: ignore[attr-defined]
             "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]

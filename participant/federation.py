@@ -378,6 +378,8 @@ class Participant:
                 )
             self._check_precision(deviation, sigma, clip, reference, len(demos), federation)
             vector_round = "vector" if cfg.vector_weighting == "uniform" else "vector-weighted"
+            compute_s = time.perf_counter() - start
+            sent, waited_from = self.client.bytes_sent, time.perf_counter()
             if cfg.vector_weighting == "records":
                 # Weighted by demonstration count: sum N_k v_k / sum N_k. The count rides in
                 # one extra encrypted slot (counts are public metadata, see docs/privacy.md).
@@ -390,7 +392,10 @@ class Participant:
                 mean, count = self.secure_mean(vector_round, deviation, kind="context_vector",
                                                federation=federation, release_id=release)
             vector = center.vector + torch.from_numpy(mean).reshape(shape).float()
-            report.rounds.append({"round": vector_round, "contributions": count})
+            report.rounds.append({"round": vector_round, "contributions": count,
+                                  "bytes_sent": self.client.bytes_sent - sent,
+                                  "client_seconds": compute_s,
+                                  "secure_mean_seconds": time.perf_counter() - waited_from})
             timings["vector_private_path"] = time.perf_counter() - private_start
         elif cfg.vector_source == "public":
             vector = reference.vector
@@ -420,17 +425,23 @@ class Participant:
                         steps=cfg.calibration.steps_per_round,
                         sensitivity=f"per-record gradient L2 {cfg.calibration.max_grad_norm:g}",
                     )
+                began = time.perf_counter()
                 update = (
                     calibrator.run_round(coefficients) if not status.contributed
                     else torch.zeros_like(coefficients)
                 )
+                compute_s = time.perf_counter() - began
+                sent, waited_from = self.client.bytes_sent, time.perf_counter()
                 mean, count = self.secure_mean(
                     round_id, update.double().numpy().ravel(), kind="coefficient_update",
                     federation=federation, release_id=release,
                 )
                 coefficients = coefficients + torch.from_numpy(mean).reshape(
                     coefficients.shape).float()
-                report.rounds.append({"round": round_id, "contributions": count})
+                report.rounds.append({"round": round_id, "contributions": count,
+                                      "bytes_sent": self.client.bytes_sent - sent,
+                                      "client_seconds": compute_s,
+                                      "secure_mean_seconds": time.perf_counter() - waited_from})
                 logger.info("[Participant] round=%s contributions=%d", round_id, count)
         timings["calibration"] = time.perf_counter() - start
         report.epsilon_spent = self.ledger.epsilon_spent()

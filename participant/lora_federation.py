@@ -150,7 +150,7 @@ class LoraParticipant:
         if cfg.evaluate:
             test = balanced_sample(load_split(task, "test", data_dir=cfg.data_dir or None),
                                    per_class=cfg.test_per_class, num_classes=len(task.labels),
-                                   seed=1000 + cfg.seed)
+                                   seed=cfg.test_seed if cfg.test_seed >= 0 else 1000 + cfg.seed)
             start = time.perf_counter()
             report.scores = {"lora": asdict(trainer.evaluate(test, batch_size=cfg.batch_size))}
             timings["evaluation"] = time.perf_counter() - start

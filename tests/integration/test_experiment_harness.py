@@ -30,6 +30,9 @@ def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, sha
     private = next(r for r in rows if r["method"] == "fedctx" and r["epsilon"] == 4.0)
     assert 0 < private["epsilon_spent"] <= 4.0 + 1e-6
     assert private["bytes_sent_per_participant"] > 0
+    # vector round + 1 calibration round, with per-round upload and compute figures
+    assert private["rounds_released"] == 2 and private["client_seconds_per_round"] > 0
+    assert 0 < private["bytes_per_round"] < private["bytes_sent_per_participant"]
     for row in rows:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["n_test"] == 8
 
