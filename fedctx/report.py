@@ -74,34 +74,77 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
             sent_cell = f"{statistics.mean(sent) / 1024:.0f} KiB" if sent else ""
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {eps_cell} | {sent_cell} |")
         lines.append("")
+    costs = cost_table(rows)
+    if costs:
+        lines += ["### Per-round cost of the federated runs (mean over participants and rounds)",
+                  "", costs]
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
-    """Accuracy against epsilon per task (baselines as reference lines); PNG paths."""
+def _series(row: dict[str, object]) -> str | None:
+    """The line a row belongs to on an accuracy-against-epsilon plot (None: a baseline)."""
+    if row["method"] == "fedctx":
+        return f"fedctx {row['vector_source']}"
+    if row["method"] == "dp_fedavg_lora":
+        return "dp_fedavg_lora"
+    return None
+
+
+def cost_table(rows: list[dict[str, object]]) -> str:
+    """Per-round upload and client compute of the federated methods (rows that carry them)."""
+    groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+    for row in rows:
+        if "bytes_per_round" in row:
+            groups[(str(row["task"]), _label(row))].append(row)
+    if not groups:
+        return ""
+    lines = ["| task | method | accuracy | rounds | bytes sent / round | client s / round |",
+             "|---|---|---|---|---|---|"]
+    for (task, label), runs in sorted(groups.items()):
+        sent = statistics.mean(float(r["bytes_per_round"]) for r in runs)  # type: ignore[arg-type]
+        secs = statistics.mean(float(r["client_seconds_per_round"]) for r in runs)  # type: ignore[arg-type]
+        rounds = runs[0].get("rounds_released", runs[0].get("lora", {}).get("rounds", ""))  # type: ignore[union-attr]
+        accs = [float(r["accuracy"]) for r in runs]  # type: ignore[arg-type]
+        lines.append(f"| {task} | {label} | {_mean_std(accs)} | {rounds} | "
+                     f"{sent / 1024:.1f} KiB | {secs:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
+    """Accuracy against epsilon per task (one line per federated method, its no-DP run and
+    the baselines as reference lines), and accuracy against participant count where the
+    grid has several counts; PNG paths."""
+    plt = _pyplot()
+    if plt is None:
         return []
     written = []
     for task in sorted({str(r["task"]) for r in rows}):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         task_rows = [r for r in rows if r["task"] == task]
-        for source in sorted({str(r["vector_source"]) for r in task_rows if r["method"] == "fedctx"}):
+        for series in sorted({s for r in task_rows if (s := _series(r))}):
             points = defaultdict(list)
             for r in task_rows:
-                if r["method"] == "fedctx" and r["vector_source"] == source:
+                if _series(r) == series:
                     points[float(r["epsilon"])].append(float(r["accuracy"]))  # type: ignore[arg-type]
             finite = sorted(e for e in points if not math.isinf(e))
+            line = None
             if finite:
-                ax.plot(finite, [100 * statistics.mean(points[e]) for e in finite], "o-",
-                        label=f"fedctx {source}")
+                (line,) = ax.plot(finite, [100 * statistics.mean(points[e]) for e in finite],
+                                  "o-", label=series)
             if math.inf in points:
                 ax.axhline(100 * statistics.mean(points[math.inf]), ls=":",
-                           label=f"fedctx {source}, no DP")
+                           color=line.get_color() if line else None, label=f"{series}, no DP")
         for method, style in (("zero_shot", "--"), ("few_shot", "-."), ("centralised", ":")):
             accs = [float(r["accuracy"]) for r in task_rows if r["method"] == method]  # type: ignore[arg-type]
             if accs:
@@ -113,6 +156,38 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
         ax.legend(fontsize=6)
         fig.tight_layout()
         path = out / f"accuracy_vs_epsilon_{task}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written + plot_participants(rows, out)
+
+
+def plot_participants(rows: list[dict[str, object]], out: Path) -> list[Path]:
+    """Accuracy against participant count per task, one line per method and budget (only
+    for tasks run with more than one count); PNG paths."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    written = []
+    for task in sorted({str(r["task"]) for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        if len({int(r["participants"]) for r in task_rows}) < 2:  # type: ignore[arg-type]
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for label in sorted({_label(r) for r in task_rows}):
+            points = defaultdict(list)
+            for r in task_rows:
+                if _label(r) == label:
+                    points[int(r["participants"])].append(float(r["accuracy"]))  # type: ignore[arg-type]
+            counts = sorted(points)
+            style = "o-" if len(counts) > 1 else "o"
+            ax.plot(counts, [100 * statistics.mean(points[n]) for n in counts], style, label=label)
+        ax.set_xlabel("participants")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(task)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = out / f"accuracy_vs_participants_{task}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)

@@ -1,0 +1,51 @@
+"""Report tables and plots from results rows (no model involved)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from fedctx.report import cost_table, markdown, plot
+
+
+def _row(method: str, accuracy: float, *, participants: int = 10, epsilon: float = math.inf,
+         source: str = "", seed: int = 0, **extra: object) -> dict[str, object]:
+    return {"task": "sst2", "method": method, "participants": participants,
+            "dirichlet_alpha": 0.5, "epsilon": epsilon, "vector_source": source, "seed": seed,
+            "accuracy": accuracy, **extra}
+
+
+ROWS = [
+    _row("zero_shot", 0.80, epsilon_spent=0.0),
+    _row("fedctx", 0.86, source="private", seed=0, bytes_per_round=2048.0,
+         client_seconds_per_round=3.0, rounds_released=5),
+    _row("fedctx", 0.84, source="private", seed=1, bytes_per_round=4096.0,
+         client_seconds_per_round=5.0, rounds_released=5),
+    _row("fedctx", 0.70, source="private", epsilon=8.0, epsilon_spent=7.99),
+    _row("fedctx", 0.72, source="private", epsilon=8.0, participants=3, epsilon_spent=7.99),
+    _row("dp_fedavg_lora", 0.75, epsilon=8.0, epsilon_spent=7.9, bytes_per_round=10240.0,
+         client_seconds_per_round=9.0, lora={"rounds": 4}),
+]
+
+
+def test_markdown_means_and_std_over_seeds() -> None:
+    text = markdown(ROWS)
+    assert "| fedctx private (no DP) | 85.0 ± 1.4 |" in text
+    assert "| dp_fedavg_lora (eps=8) | 75.0 |" in text
+    assert "### 3 participants, Dirichlet(0.5)" in text
+
+
+def test_cost_table_per_round() -> None:
+    table = cost_table(ROWS)
+    assert "| sst2 | fedctx private (no DP) | 85.0 ± 1.4 | 5 | 3.0 KiB | 4.0 |" in table
+    assert "| sst2 | dp_fedavg_lora (eps=8) | 75.0 | 4 | 10.0 KiB | 9.0 |" in table
+    assert cost_table([_row("zero_shot", 0.5)]) == ""
+
+
+def test_plots_both_methods_and_participant_counts(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    written = {p.name for p in plot(ROWS, tmp_path)}
+    assert written == {"accuracy_vs_epsilon_sst2.png", "accuracy_vs_participants_sst2.png"}
+    assert all((tmp_path / name).stat().st_size > 1000 for name in written)
