@@ -121,6 +121,17 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _finish(plt, fig, ax, title: str, xlabel: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
     """Accuracy against epsilon per task (one line per federated method, its no-DP run and
     the baselines as reference lines), and accuracy against participant count where the
@@ -150,15 +161,8 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
             if accs:
                 ax.axhline(100 * statistics.mean(accs), ls=style, color="grey", label=method)
         ax.set_xscale("log")
-        ax.set_xlabel("epsilon per participant (whole protocol)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(task)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = out / f"accuracy_vs_epsilon_{task}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish(plt, fig, ax, task, "epsilon per participant (whole protocol)",
+                               out / f"accuracy_vs_epsilon_{task}.png"))
     return written + plot_participants(rows, out)
 
 
@@ -182,13 +186,6 @@ def plot_participants(rows: list[dict[str, object]], out: Path) -> list[Path]:
             counts = sorted(points)
             style = "o-" if len(counts) > 1 else "o"
             ax.plot(counts, [100 * statistics.mean(points[n]) for n in counts], style, label=label)
-        ax.set_xlabel("participants")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(task)
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        path = out / f"accuracy_vs_participants_{task}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_finish(plt, fig, ax, task, "participants",
+                               out / f"accuracy_vs_participants_{task}.png"))
     return written
