@@ -56,6 +56,7 @@ class ExperimentConfig:
     baselines: tuple[str, ...] = ("zero_shot", "few_shot", "local_only", "centralised")
     local_only_participants: int = 3
     vector_clip_modes: tuple[str, ...] = ("deviation",)
+    vector_denoise_modes: tuple[str, ...] = ("none",)
     lora_rank: int = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_rounds: int = 2
@@ -92,12 +93,14 @@ class RunSpec:
     epsilon: float = math.inf
     vector_source: str = ""
     vector_clip_mode: str = "deviation"
+    vector_denoise: str = "none"
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
         fields_ = asdict(self)
-        if fields_["vector_clip_mode"] == "deviation":
-            del fields_["vector_clip_mode"]
+        for name, default in (("vector_clip_mode", "deviation"), ("vector_denoise", "none")):
+            if fields_[name] == default:
+                del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -113,10 +116,13 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
             for eps in config.epsilons:
                 runs.append(RunSpec(task, METHOD_LORA, n, alpha, seed, eps, ""))
         for eps, source in itertools.product(config.epsilons, config.vector_sources):
-            modes = config.vector_clip_modes if source == "private" and not math.isinf(eps) \
-                else ("deviation",)
-            for mode in modes:
-                runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode))
+            dp_private = source == "private" and not math.isinf(eps)
+            modes = itertools.product(
+                config.vector_clip_modes if dp_private else ("deviation",),
+                config.vector_denoise_modes if dp_private else ("none",))
+            for mode, denoise in modes:
+                runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
+                                    denoise))
         for source in config.control_sources:
             runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
                                 config.controls_at_epsilon, source))
@@ -414,7 +420,8 @@ class Harness:
                 **base, vector_source=spec.vector_source,  # type: ignore[arg-type]
                 demonstrations_per_class=self.config.demonstrations_per_class,
                 privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta,
-                                        vector_clip_mode=spec.vector_clip_mode),
+                                        vector_clip_mode=spec.vector_clip_mode,
+                                        vector_denoise=spec.vector_denoise),
                 calibration=self._calibration(),
             ))
             try:
@@ -432,7 +439,9 @@ class Harness:
             "client_seconds_per_round": statistics.mean(r["client_seconds"] for r in rounds),
             "rounds_released": len(rounds) // len(reports),
         } if rounds else {}
-        return {**per_round,
+        shrinkage = {"vector_shrinkage": first.vector_shrinkage} \
+            if first.vector_shrinkage else {}  # type: ignore[attr-defined]
+        return {**per_round, **shrinkage,
             "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],
             "uncalibrated_accuracy": first.scores["injected_uncalibrated"]["accuracy"],  # type: ignore[attr-defined]
             "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]

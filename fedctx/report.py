@@ -18,6 +18,7 @@ def _label(row: dict[str, object]) -> str:
     eps = float(row["epsilon"])  # type: ignore[arg-type]
     budget = "no DP" if math.isinf(eps) else f"eps={eps:g}"
     clip = ", raw clipping" if row.get("vector_clip_mode", "deviation") == "raw" else ""
+    clip += ", James-Stein" if row.get("vector_denoise", "none") == "james_stein" else ""
     return f"fedctx {row['vector_source']} ({budget}{clip})"
 
 

@@ -30,6 +30,9 @@ class PrivacySettings:
             public reference) or ``raw`` (clip raw activations; a comparison arm that
             wastes the budget on the component common to all inputs).
         max_grad_norm: per-record gradient clip in calibration (DP-SGD).
+        vector_denoise: ``none`` or ``james_stein``: shrink the decrypted mean deviation,
+            block by block, towards the public reference by its positive-part James-Stein
+            factor from the known noise variance (post-processing, no budget spent).
     """
 
     target_epsilon: float = 8.0
@@ -38,6 +41,7 @@ class PrivacySettings:
     vector_clip_norm: float = 0.0
     vector_clip_mode: str = "deviation"
     max_grad_norm: float = 1.0
+    vector_denoise: str = "none"
 
     def __post_init__(self) -> None:
         if not (self.target_epsilon > 0):
@@ -46,6 +50,8 @@ class PrivacySettings:
             raise ConfigError("delta must be in (0, 1)")
         if self.vector_clip_mode not in ("deviation", "raw"):
             raise ConfigError("vector_clip_mode must be 'deviation' or 'raw'")
+        if self.vector_denoise not in ("none", "james_stein"):
+            raise ConfigError("vector_denoise must be 'none' or 'james_stein'")
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError("accountant must be 'rdp' or 'prv'")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -131,3 +132,15 @@ def private_deviation_mean(
         std = gaussian_std(noise_multiplier=noise_multiplier, sensitivity=clip_norm)
         whitened_sum = add_gaussian_noise(whitened_sum, std=std, generator=generator)
     return (whitened_sum * scales[:, None] / n).reshape(two, layers, width)
+
+
+def aggregate_noise_variance(*, noise_multiplier: float, clip_norm: float,
+                             block_scales: torch.Tensor, count_moment: float) -> np.ndarray:
+    """Per-coordinate noise variance ``[2L]`` of an average of :func:`private_deviation_mean`
+    releases, per (sub-block, layer): ``(noise_multiplier * clip_norm * scale_b)^2 *
+    count_moment``, with ``count_moment = sum_k 1/N_k^2 / n^2`` for the unweighted mean of
+    n participants' releases and ``n / (sum_k N_k)^2`` for the mean weighted by record
+    count (``N_k``: participant k's record count, public). Input of James-Stein shrinkage.
+    """
+    scales = block_scales.double().numpy()
+    return (noise_multiplier * clip_norm * scales) ** 2 * count_moment

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy import ckks, keyshare
 from privacy.accounting import PlannedRelease, epsilon_for_history, noise_multiplier_for_budget
+from privacy.denoise import james_stein_blocks
 from privacy.errors import BudgetExhaustedError
 from privacy.ledger import PrivacyLedger
 from proto.fedctx.v1 import fedctx_pb2 as pb
@@ -35,6 +36,7 @@ from .calibration import LocalCalibrator
 from .client import CoordinatorClient, TlsFiles, is_not_ready
 from .config import ParticipantConfig
 from .context_vectors import (
+    aggregate_noise_variance,
     default_vector_clip_norm,
     last_token_activations,
     private_deviation_mean,
@@ -68,6 +70,8 @@ class ParticipantReport:
     target_epsilon: float
     bytes_sent: int = 0
     bytes_received: int = 0
+    #: James-Stein factors applied to the vector's blocks (mean, min, max), if denoised.
+    vector_shrinkage: dict[str, float] = field(default_factory=dict)
     rounds: list[dict[str, object]] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -380,6 +384,7 @@ class Participant:
             vector_round = "vector" if cfg.vector_weighting == "uniform" else "vector-weighted"
             compute_s = time.perf_counter() - start
             sent, waited_from = self.client.bytes_sent, time.perf_counter()
+            denoise = cfg.privacy.private and cfg.privacy.vector_denoise == "james_stein"
             if cfg.vector_weighting == "records":
                 # Weighted by demonstration count: sum N_k v_k / sum N_k. The count rides in
                 # one extra encrypted slot (counts are public metadata, see docs/privacy.md).
@@ -388,9 +393,26 @@ class Participant:
                     vector_round, weighted, kind="context_vector", federation=federation,
                     release_id=release)
                 mean = total[:-1] / total[-1]
+                count_moment = count / (total[-1] * count) ** 2  # n / (sum_k N_k)^2
             else:  # the paper's unweighted mean over participants
-                mean, count = self.secure_mean(vector_round, deviation, kind="context_vector",
+                # With denoising, 1 / N_k^2 rides in one extra slot (public counts): the
+                # mean of that slot over n participants, divided by n, is sum_k 1/N_k^2 / n^2.
+                payload = (np.concatenate([deviation, [1.0 / len(demos) ** 2]]) if denoise
+                           else deviation)
+                mean, count = self.secure_mean(vector_round, payload, kind="context_vector",
                                                federation=federation, release_id=release)
+                if denoise:
+                    mean, count_moment = mean[:-1], mean[-1] / count
+            if denoise:
+                blocks = mean.reshape(2 * shape[1], shape[2])
+                variance = aggregate_noise_variance(
+                    noise_multiplier=sigma, clip_norm=clip, block_scales=center.block_scales,
+                    count_moment=count_moment)
+                blocks, factors = james_stein_blocks(blocks, noise_variance=variance)
+                mean = blocks.ravel()
+                report.vector_shrinkage = {"mean": float(factors.mean()),
+                                           "min": float(factors.min()),
+                                           "max": float(factors.max())}
             vector = center.vector + torch.from_numpy(mean).reshape(shape).float()
             report.rounds.append({"round": vector_round, "contributions": count,
                                   "bytes_sent": self.client.bytes_sent - sent,

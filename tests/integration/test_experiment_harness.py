@@ -21,13 +21,18 @@ def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, sha
         vector_sources=("private",), control_sources=("zero",), seeds=(0,),
         demonstrations_per_class=2, records_per_participant=12, rounds=1, steps_per_round=2,
         batch_size=4, test_per_class=4, local_only_participants=2,
+        vector_denoise_modes=("none", "james_stein"),
     )
     harness = Harness(config, tmp_path / "out")
     rows = harness.run(progress=False)
-    assert len(rows) == len(plan_runs(config)) == 4 + 3
+    assert len(rows) == len(plan_runs(config)) == 4 + 4
     methods = {(r["method"], r["vector_source"], r["epsilon"]) for r in rows}
     assert ("fedctx", "private", 4.0) in methods and ("fedctx", "zero", math.inf) in methods
-    private = next(r for r in rows if r["method"] == "fedctx" and r["epsilon"] == 4.0)
+    private = next(r for r in rows if r["method"] == "fedctx" and r["epsilon"] == 4.0
+                   and "vector_shrinkage" not in r)
+    denoised = next(r for r in rows if r.get("vector_denoise") == "james_stein")
+    assert denoised["epsilon"] == 4.0 and denoised["epsilon_spent"] <= 4.0 + 1e-6
+    assert 0 <= denoised["vector_shrinkage"]["min"] <= denoised["vector_shrinkage"]["max"] <= 1
     assert 0 < private["epsilon_spent"] <= 4.0 + 1e-6
     assert private["bytes_sent_per_participant"] > 0
     # vector round + 1 calibration round, with per-round upload and compute figures
@@ -54,3 +59,4 @@ def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, sha
 
     table = markdown([json.loads(line) for line in before.splitlines()])
     assert "fedctx private (eps=4)" in table and "zero_shot" in table
+    assert "fedctx private (eps=4, James-Stein)" in table
