@@ -56,7 +56,7 @@ class ExperimentConfig:
     baselines: tuple[str, ...] = ("zero_shot", "few_shot", "local_only", "centralised")
     local_only_participants: int = 3
     vector_clip_modes: tuple[str, ...] = ("deviation",)
-    vector_denoise_modes: tuple[str, ...] = ("none",)
+    vector_denoise_modes: tuple[str, ...] = ("james_stein",)
     lora_rank: int = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_rounds: int = 2

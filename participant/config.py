@@ -30,9 +30,10 @@ class PrivacySettings:
             public reference) or ``raw`` (clip raw activations; a comparison arm that
             wastes the budget on the component common to all inputs).
         max_grad_norm: per-record gradient clip in calibration (DP-SGD).
-        vector_denoise: ``none`` or ``james_stein``: shrink the decrypted mean deviation,
-            block by block, towards the public reference by its positive-part James-Stein
-            factor from the known noise variance (post-processing, no budget spent).
+        vector_denoise: ``james_stein`` (default) or ``none``: shrink the decrypted mean
+            deviation, block by block, towards the public reference by its positive-part
+            James-Stein factor from the known noise variance (post-processing, no budget
+            spent; every participant of a federation must use the same setting).
     """
 
     target_epsilon: float = 8.0
@@ -41,7 +42,7 @@ class PrivacySettings:
     vector_clip_norm: float = 0.0
     vector_clip_mode: str = "deviation"
     max_grad_norm: float = 1.0
-    vector_denoise: str = "none"
+    vector_denoise: str = "james_stein"
 
     def __post_init__(self) -> None:
         if not (self.target_epsilon > 0):

@@ -130,8 +130,10 @@ def test_finished_task_is_cached_and_reused_without_new_releases(
     assert torch.allclose(cached["coefficients"], first["coefficients"], atol=1e-5)
 
 
+@pytest.mark.parametrize("epsilon", [float("inf"), 4.0])
 def test_vector_weighted_by_record_count(
-    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    epsilon: float,
 ) -> None:
     from participant.config import PrivacySettings
 
@@ -139,11 +141,16 @@ def test_vector_weighted_by_record_count(
     configs = [
         _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
                             vector_weighting="records",
-                            privacy=PrivacySettings(target_epsilon=float("inf")))
+                            privacy=PrivacySettings(target_epsilon=epsilon))
         for pid in ("org1", "org2")
     ]
     reports = _run_all(configs)
-    assert reports["org1"].rounds[0] == {"round": "vector-weighted", "contributions": 2}
+    first_round = reports["org1"].rounds[0]
+    assert (first_round["round"], first_round["contributions"]) == ("vector-weighted", 2)
+    assert first_round["bytes_sent"] > 0
+    # with DP the decrypted mean is shrunk (James-Stein, the default); identically for all
+    shrinkage = [reports[pid].vector_shrinkage for pid in ("org1", "org2")]
+    assert shrinkage[0] == shrinkage[1] and (bool(shrinkage[0]) == (epsilon < float("inf")))
     saved = [torch.load(tmp_path / pid / "fed-test-sst2-calibrated.pt", weights_only=True)
              for pid in ("org1", "org2")]
     assert torch.allclose(saved[0]["vector"], saved[1]["vector"], atol=1e-4)
