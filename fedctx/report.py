@@ -75,6 +75,9 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
             sent_cell = f"{statistics.mean(sent) / 1024:.0f} KiB" if sent else ""
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {eps_cell} | {sent_cell} |")
         lines.append("")
+    cells = calibration_table(rows)
+    if cells:
+        lines += ["### Every fedctx cell: before and after calibration", "", cells]
     costs = cost_table(rows)
     if costs:
         lines += ["### Per-round cost of the federated runs (mean over participants and rounds)",
@@ -89,6 +92,30 @@ def _series(row: dict[str, object]) -> str | None:
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"
     return None
+
+
+def calibration_table(rows: list[dict[str, object]]) -> str:
+    """One line per fedctx run: accuracy with the federated vector and I2CL's initial
+    coefficients, after calibration, and what the privacy cost."""
+    fed = [r for r in rows if r["method"] == "fedctx" and "uncalibrated_accuracy" in r]
+    if not fed:
+        return ""
+    lines = ["| task | participants | seed | run | injected, initial coefficients | calibrated "
+             "| epsilon spent | noise multiplier | vector shrinkage (mean factor) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(fed, key=lambda r: (str(r["task"]), int(r["participants"]), _label(r),  # type: ignore[arg-type]
+                                         int(r["seed"]))):  # type: ignore[arg-type]
+        spent = float(r.get("epsilon_spent", math.inf))  # type: ignore[arg-type]
+        shrink = r.get("vector_shrinkage") or {}
+        shrink_cell = f"{float(shrink['mean']):.3f}" if shrink else ""  # type: ignore[index]
+        lines.append(
+            f"| {r['task']} | {r['participants']} | {r['seed']} | {_label(r)} "
+            f"| {100 * float(r['uncalibrated_accuracy']):.1f} "  # type: ignore[arg-type]
+            f"| {100 * float(r['accuracy']):.1f} "  # type: ignore[arg-type]
+            f"| {'∞' if math.isinf(spent) else f'{spent:.3f}'} "
+            f"| {float(r.get('noise_multiplier', 0.0)):.3f} "  # type: ignore[arg-type]
+            f"| {shrink_cell} |")
+    return "\n".join(lines) + "\n"
 
 
 def cost_table(rows: list[dict[str, object]]) -> str:

@@ -23,7 +23,9 @@ ROWS = [
          client_seconds_per_round=3.0, rounds_released=5),
     _row("fedctx", 0.84, source="private", seed=1, bytes_per_round=4096.0,
          client_seconds_per_round=5.0, rounds_released=5),
-    _row("fedctx", 0.70, source="private", epsilon=8.0, epsilon_spent=7.99),
+    _row("fedctx", 0.70, source="private", epsilon=8.0, epsilon_spent=7.99,
+         uncalibrated_accuracy=0.74, noise_multiplier=1.192,
+         vector_denoise="james_stein", vector_shrinkage={"mean": 0.044, "min": 0, "max": 0.1}),
     _row("fedctx", 0.72, source="private", epsilon=8.0, participants=3, epsilon_spent=7.99),
     _row("dp_fedavg_lora", 0.75, epsilon=8.0, epsilon_spent=7.9, bytes_per_round=10240.0,
          client_seconds_per_round=9.0, lora={"rounds": 4}),
@@ -34,7 +36,10 @@ def test_markdown_means_and_std_over_seeds() -> None:
     text = markdown(ROWS)
     assert "| fedctx private (no DP) | 85.0 ± 1.4 |" in text
     assert "| dp_fedavg_lora (eps=8) | 75.0 |" in text
+    assert "| fedctx private (eps=8, James-Stein) | 70.0 |" in text
     assert "### 3 participants, Dirichlet(0.5)" in text
+    assert ("| sst2 | 10 | 0 | fedctx private (eps=8, James-Stein) | 74.0 | 70.0 | 7.990 "
+            "| 1.192 | 0.044 |") in text
 
 
 def test_cost_table_per_round() -> None:
