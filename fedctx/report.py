@@ -17,9 +17,9 @@ def _label(row: dict[str, object]) -> str:
         return str(row["method"])
     eps = float(row["epsilon"])  # type: ignore[arg-type]
     budget = "no DP" if math.isinf(eps) else f"eps={eps:g}"
-    clip = ", raw clipping" if row.get("vector_clip_mode", "deviation") == "raw" else ""
-    clip += ", James-Stein" if row.get("vector_denoise", "none") == "james_stein" else ""
-    return f"fedctx {row['vector_source']} ({budget}{clip})"
+    series = str(_series(row))
+    variant = series[series.find(","):] if "," in series else ""
+    return f"fedctx {row['vector_source']} ({budget}{variant})"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -88,7 +88,10 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
 def _series(row: dict[str, object]) -> str | None:
     """The line a row belongs to on an accuracy-against-epsilon plot (None: a baseline)."""
     if row["method"] == "fedctx":
-        return f"fedctx {row['vector_source']}"
+        variant = "".join((
+            ", raw clipping" if row.get("vector_clip_mode", "deviation") == "raw" else "",
+            ", James-Stein" if row.get("vector_denoise", "none") == "james_stein" else ""))
+        return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"
     return None
