@@ -192,6 +192,11 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
             if accs:
                 ax.axhline(100 * statistics.mean(accs), ls=style, color="grey", label=method)
         ax.set_xscale("log")
+        budgets = sorted({float(r["epsilon"]) for r in task_rows  # type: ignore[arg-type]
+                          if _series(r) and not math.isinf(float(r["epsilon"]))})  # type: ignore[arg-type]
+        if budgets:
+            ax.set_xticks(budgets, [f"{e:g}" for e in budgets])
+            ax.minorticks_off()
         written.append(_finish(plt, fig, ax, task, "epsilon per participant (whole protocol)",
                                out / f"accuracy_vs_epsilon_{task}.png"))
     return written + plot_participants(rows, out)
