@@ -319,6 +319,14 @@ class Participant:
         total = ckks.decrypt_vector(self.secret_context, aggregate.blobs, length=values.size)
         return total / aggregate.contributions, aggregate.contributions
 
+    def _round_record(self, round_id: str, contributions: int, *, compute_s: float,
+                      sent_before: int, waited_from: float) -> dict[str, object]:
+        """A finished round for the report: this participant's upload bytes, local compute
+        seconds and secure-mean seconds (encrypt, upload, wait, download, decrypt)."""
+        return {"round": round_id, "contributions": contributions,
+                "bytes_sent": self.client.bytes_sent - sent_before, "client_seconds": compute_s,
+                "secure_mean_seconds": time.perf_counter() - waited_from}
+
     # -- the whole protocol ---------------------------------------------------------------
     def run(self) -> ParticipantReport:
         """Join, contribute to every round, evaluate; returns the report."""
@@ -414,10 +422,8 @@ class Participant:
                                            "min": float(factors.min()),
                                            "max": float(factors.max())}
             vector = center.vector + torch.from_numpy(mean).reshape(shape).float()
-            report.rounds.append({"round": vector_round, "contributions": count,
-                                  "bytes_sent": self.client.bytes_sent - sent,
-                                  "client_seconds": compute_s,
-                                  "secure_mean_seconds": time.perf_counter() - waited_from})
+            report.rounds.append(self._round_record(vector_round, count, compute_s=compute_s,
+                                                    sent_before=sent, waited_from=waited_from))
             timings["vector_private_path"] = time.perf_counter() - private_start
         elif cfg.vector_source == "public":
             vector = reference.vector
@@ -460,10 +466,9 @@ class Participant:
                 )
                 coefficients = coefficients + torch.from_numpy(mean).reshape(
                     coefficients.shape).float()
-                report.rounds.append({"round": round_id, "contributions": count,
-                                      "bytes_sent": self.client.bytes_sent - sent,
-                                      "client_seconds": compute_s,
-                                      "secure_mean_seconds": time.perf_counter() - waited_from})
+                report.rounds.append(self._round_record(
+                    round_id, count, compute_s=compute_s, sent_before=sent,
+                    waited_from=waited_from))
                 logger.info("[Participant] round=%s contributions=%d", round_id, count)
         timings["calibration"] = time.perf_counter() - start
         report.epsilon_spent = self.ledger.epsilon_spent()
