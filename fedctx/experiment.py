@@ -19,7 +19,7 @@ import statistics
 import threading
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from privacy.errors import ConfigError
@@ -57,6 +57,9 @@ class ExperimentConfig:
     local_only_participants: int = 3
     vector_clip_modes: tuple[str, ...] = ("deviation",)
     vector_denoise_modes: tuple[str, ...] = ("james_stein",)
+    #: Calibration coefficient groups (0 = one row per layer, I2CL); an axis for fedctx
+    #: runs and the local-only / centralised I2CL baselines.
+    coefficient_groups: tuple[int, ...] = (0,)
     lora_rank: int = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_rounds: int = 2
@@ -94,11 +97,13 @@ class RunSpec:
     vector_source: str = ""
     vector_clip_mode: str = "deviation"
     vector_denoise: str = "none"
+    coefficient_groups: int = 0
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
         fields_ = asdict(self)
-        for name, default in (("vector_clip_mode", "deviation"), ("vector_denoise", "none")):
+        for name, default in (("vector_clip_mode", "deviation"), ("vector_denoise", "none"),
+                              ("coefficient_groups", 0)):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -110,7 +115,10 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
     for task, n, alpha, seed in itertools.product(config.tasks, config.participants,
                                                   config.dirichlet_alpha, config.seeds):
         for method in config.baselines:
-            if method != METHOD_LORA:
+            if method in ("local_only", "centralised"):
+                runs += [RunSpec(task, method, n, alpha, seed, coefficient_groups=groups)
+                         for groups in config.coefficient_groups]
+            elif method != METHOD_LORA:
                 runs.append(RunSpec(task, method, n, alpha, seed))
         if METHOD_LORA in config.baselines:
             for eps in config.epsilons:
@@ -120,12 +128,13 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
             modes = itertools.product(
                 config.vector_clip_modes if dp_private else ("deviation",),
                 config.vector_denoise_modes if dp_private else ("none",))
-            for mode, denoise in modes:
+            for (mode, denoise), groups in itertools.product(modes, config.coefficient_groups):
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
-                                    denoise))
-        for source in config.control_sources:
+                                    denoise, groups))
+        for source, groups in itertools.product(config.control_sources,
+                                                config.coefficient_groups):
             runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
-                                config.controls_at_epsilon, source))
+                                config.controls_at_epsilon, source, coefficient_groups=groups))
     return runs
 
 
@@ -224,12 +233,13 @@ class Harness:
             self._cache[key] = (task, parts, test, data_dir)
         return self._cache[key]
 
-    def _calibration(self):  # type: ignore[no-untyped-def]
+    def _calibration(self, spec: RunSpec):  # type: ignore[no-untyped-def]
         from participant.calibration import CalibrationConfig
 
         c = self.config
         return CalibrationConfig(rounds=c.rounds, steps_per_round=c.steps_per_round,
-                                 batch_size=c.batch_size, learning_rate=c.learning_rate)
+                                 batch_size=c.batch_size, learning_rate=c.learning_rate,
+                                 coefficient_groups=spec.coefficient_groups)
 
     # -- methods ------------------------------------------------------------------------
     def _run_one(self, spec: RunSpec) -> dict[str, object]:
@@ -263,7 +273,7 @@ class Harness:
 
     def _i2cl(self, spec: RunSpec, records: list, seed: int, steps_scale: int = 1):  # type: ignore[no-untyped-def,type-arg]
         """Non-private I2CL on one record set: (vector, coefficients)."""
-        from participant.calibration import CalibrationConfig, LocalCalibrator
+        from participant.calibration import LocalCalibrator, per_layer
         from participant.context_vectors import last_token_activations
         from participant.data import balanced_sample
         from participant.hooks import default_coefficients
@@ -274,13 +284,12 @@ class Harness:
                                 num_classes=len(task.labels), seed=seed)
         vector = last_token_activations(
             lm, sites, [task.demonstration(e.text, e.label) for e in demos]).mean(0)
-        base = self._calibration()
-        config = CalibrationConfig(rounds=1, steps_per_round=base.total_steps * steps_scale,
-                                   batch_size=base.batch_size, learning_rate=base.learning_rate)
+        base = self._calibration(spec)
+        config = replace(base, rounds=1, steps_per_round=base.total_steps * steps_scale)
         calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
                                      noise_multiplier=0.0, seed=seed)
-        start = default_coefficients(sites.num_layers)
-        return vector, start + calibrator.run_round(start)
+        start = default_coefficients(config.trained_rows(sites.num_layers))
+        return vector, per_layer(start + calibrator.run_round(start), sites.num_layers)
 
     def _baseline_local_only(self, spec: RunSpec) -> dict[str, object]:
         from participant.evaluation import evaluate
@@ -422,7 +431,7 @@ class Harness:
                 privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta,
                                         vector_clip_mode=spec.vector_clip_mode,
                                         vector_denoise=spec.vector_denoise),
-                calibration=self._calibration(),
+                calibration=self._calibration(spec),
             ))
             try:
                 return participant.run()

@@ -14,7 +14,7 @@ def _label(row: dict[str, object]) -> str:
         eps = float(row["epsilon"])  # type: ignore[arg-type]
         return f"dp_fedavg_lora ({'no DP' if math.isinf(eps) else f'eps={eps:g}'})"
     if row["method"] != "fedctx":
-        return str(row["method"])
+        return str(row["method"]) + _groups(row)
     eps = float(row["epsilon"])  # type: ignore[arg-type]
     budget = "no DP" if math.isinf(eps) else f"eps={eps:g}"
     series = str(_series(row))
@@ -85,12 +85,18 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
     return "\n".join(lines)
 
 
+def _groups(row: dict[str, object]) -> str:
+    groups = int(row.get("coefficient_groups", 0) or 0)  # type: ignore[call-overload]
+    return f" ({groups} coefficient groups)" if groups else ""
+
+
 def _series(row: dict[str, object]) -> str | None:
     """The line a row belongs to on an accuracy-against-epsilon plot (None: a baseline)."""
     if row["method"] == "fedctx":
         variant = "".join((
             ", raw clipping" if row.get("vector_clip_mode", "deviation") == "raw" else "",
-            ", James-Stein" if row.get("vector_denoise", "none") == "james_stein" else ""))
+            ", James-Stein" if row.get("vector_denoise", "none") == "james_stein" else "",
+            _groups(row).replace(" (", ", ").rstrip(")")))
         return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"

@@ -1,9 +1,10 @@
 """Stage 2b: local calibration of the 4L injection coefficients, optionally DP-SGD.
 
-Loss: cross-entropy over the full vocabulary of the label word's first token at the
-query's last token, with the context vector injected (I2CL). Per-example gradients come
+Loss: cross-entropy of the label word's first token at the query's last token, with the
+context vector injected (over the label words by default; over the full vocabulary as
+in I2CL with ``loss="full_vocab"``). Per-example gradients come
 from one batched backward pass: each batch row gets its own copy of the coefficients
-(``[B, L, 4]``), so the gradient of that copy is exactly that record's gradient. Opacus's
+(``[B, G, 4]``, G = L unless layers share coefficients), so the gradient of that copy is exactly that record's gradient. Opacus's
 ``DPOptimizer`` then clips each to ``max_grad_norm``, sums, adds Gaussian noise of std
 ``noise_multiplier * max_grad_norm`` and divides by the expected batch size (Poisson
 sampling at rate ``sample_rate``: the setting Opacus's accountants analyse).
@@ -42,6 +43,12 @@ class CalibrationConfig:
         warmup_fraction: linear warm-up share of all steps, then cosine decay (I2CL: 5%).
         calibration_noise: I2CL's residual noise scale during training (0.001).
         max_grad_norm: per-record gradient clip (DP-SGD); ignored without privacy.
+        coefficient_groups: 0 (default) trains the 4 coefficients of every layer (I2CL);
+            G > 0 splits the L layers into G contiguous groups that share their 4
+            coefficients, so a round releases 4G values instead of 4L. DP-SGD noise has
+            norm ``noise_multiplier * max_grad_norm * sqrt(4G)`` per step against a clipped
+            signal of norm at most ``max_grad_norm``: fewer values, less noise in total
+            (docs/results.md, "where the calibration budget goes").
         loss: ``label_words`` (default: cross-entropy over the label words' first tokens,
             the quantity the classifier's argmax uses) or ``full_vocab`` (I2CL's
             cross-entropy over the whole vocabulary). With the ~20-50 local steps a CPU
@@ -57,6 +64,7 @@ class CalibrationConfig:
     warmup_fraction: float = 0.05
     calibration_noise: float = 0.001
     max_grad_norm: float = 1.0
+    coefficient_groups: int = 0
     loss: str = "label_words"
 
     def __post_init__(self) -> None:
@@ -66,11 +74,36 @@ class CalibrationConfig:
             raise ConfigError("loss must be 'full_vocab' or 'label_words'")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("learning_rate and max_grad_norm must be > 0")
+        if isinstance(self.coefficient_groups, bool) or not isinstance(
+                self.coefficient_groups, int) or self.coefficient_groups < 0:
+            raise ConfigError("coefficient_groups must be an int >= 0 (0 = one per layer)")
+
+    def trained_rows(self, num_layers: int) -> int:
+        """Rows of the trained ``[G, 4]`` coefficients for a model of ``num_layers``."""
+        if self.coefficient_groups > num_layers:
+            raise ConfigError(f"coefficient_groups={self.coefficient_groups} exceeds the "
+                              f"model's {num_layers} layers")
+        return self.coefficient_groups or num_layers
 
     @property
     def total_steps(self) -> int:
         """Local steps over the whole protocol."""
         return self.rounds * self.steps_per_round
+
+
+def per_layer(coefficients: torch.Tensor, num_layers: int) -> torch.Tensor:
+    """Expand grouped coefficients ``[..., G, 4]`` to ``[..., L, 4]``.
+
+    Layer ``l`` takes the row of group ``l * G // L`` (contiguous groups, sizes differing by
+    at most one); ``G == L`` returns the input unchanged.
+    """
+    groups = coefficients.shape[-2]
+    if groups == num_layers:
+        return coefficients
+    if not 0 < groups <= num_layers:
+        raise ConfigError(f"{groups} coefficient rows cannot cover {num_layers} layers")
+    group_of = torch.arange(num_layers) * groups // num_layers
+    return coefficients.index_select(-2, group_of)
 
 
 def _schedule(step: int, *, total: int, warmup_fraction: float) -> float:
@@ -105,7 +138,8 @@ class LocalCalibrator:
         task: the task spec.
         examples: the participant's labelled calibration records (private).
         vector: ``[2, L, d]`` the injected (global) context vector.
-        config: optimisation settings.
+        config: optimisation settings; the trained coefficients are ``[G, 4]`` with
+            ``G = config.trained_rows(L)`` (expand with :func:`per_layer`).
         noise_multiplier: DP-SGD noise multiplier; 0 disables DP (no clipping either).
         seed: seeds batch sampling and calibration noise.
     """
@@ -120,7 +154,8 @@ class LocalCalibrator:
         self.queries = EncodedQueries(lm, task, examples)
         self.private = noise_multiplier > 0
         self.sample_rate = min(1.0, config.batch_size / len(examples))
-        self.coefficients = torch.nn.Parameter(default_coefficients(sites.num_layers))
+        self.rows = config.trained_rows(sites.num_layers)
+        self.coefficients = torch.nn.Parameter(default_coefficients(self.rows))
         self.generator = torch.Generator().manual_seed(seed)
         base = torch.optim.AdamW(
             [self.coefficients], lr=config.learning_rate, weight_decay=config.weight_decay
@@ -146,14 +181,15 @@ class LocalCalibrator:
         return [int(i) for i in torch.randperm(n, generator=self.generator)[: self.config.batch_size]]
 
     def per_example_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
-        """``([B, L, 4] per-record gradients, mean loss)`` at the current coefficients."""
+        """``([B, G, 4] per-record gradients, mean loss)`` at the current coefficients."""
         if not indices:
             return torch.zeros(0, *self.coefficients.shape), float("nan")
         input_ids, mask, last = self.queries.batch(indices)
         per_row = self.coefficients.detach().unsqueeze(0).repeat(len(indices), 1, 1)
         per_row.requires_grad_(True)
         with inject_context(
-            self.lm.model, self.sites, vector=self.vector, coefficients=per_row,
+            self.lm.model, self.sites, vector=self.vector,
+            coefficients=per_layer(per_row, self.sites.num_layers),
             noise_scale=self.config.calibration_noise, generator=self.generator,
         ):
             logits = self.lm.model(input_ids=input_ids, attention_mask=mask).logits
@@ -169,7 +205,7 @@ class LocalCalibrator:
         return grad.detach(), float(loss.detach()) / len(indices)
 
     def run_round(self, start: torch.Tensor) -> torch.Tensor:
-        """Train ``steps_per_round`` steps from ``start`` ``[L, 4]``; return the update."""
+        """Train ``steps_per_round`` steps from ``start`` ``[G, 4]``; return the update."""
         with torch.no_grad():
             self.coefficients.copy_(start)
         for _ in range(self.config.steps_per_round):

@@ -32,7 +32,7 @@ from privacy.errors import BudgetExhaustedError
 from privacy.ledger import PrivacyLedger
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
-from .calibration import LocalCalibrator
+from .calibration import LocalCalibrator, per_layer
 from .client import CoordinatorClient, TlsFiles, is_not_ready
 from .config import ParticipantConfig
 from .context_vectors import (
@@ -435,7 +435,7 @@ class Participant:
         timings["vector_total"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        coefficients = default_coefficients(self.sites.num_layers)
+        coefficients = default_coefficients(cfg.calibration.trained_rows(self.sites.num_layers))
         if cfg.calibration.rounds:
             calibrator = LocalCalibrator(
                 self.lm, self.sites, task, self.records, vector, config=cfg.calibration,
@@ -470,6 +470,7 @@ class Participant:
                     round_id, count, compute_s=compute_s, sent_before=sent,
                     waited_from=waited_from))
                 logger.info("[Participant] round=%s contributions=%d", round_id, count)
+        coefficients = per_layer(coefficients, self.sites.num_layers)
         timings["calibration"] = time.perf_counter() - start
         report.epsilon_spent = self.ledger.epsilon_spent()
         if cfg.cache_task and federation.keyholder_id == cfg.participant_id:

@@ -23,7 +23,8 @@ def _participant_config(pid, port, pki, tmp_path, tiny_llama_dir, shared_data, *
         partition_index=int(pid[-1]) - 1, num_partitions=2, demonstrations_per_class=4,
         max_calibration_records=32, test_per_class=8, batch_size=8,
         privacy=extra.pop("privacy", PrivacySettings(target_epsilon=4.0, delta=1e-5)),
-        calibration=CalibrationConfig(rounds=2, steps_per_round=2, batch_size=4),
+        calibration=extra.pop("calibration",
+                              CalibrationConfig(rounds=2, steps_per_round=2, batch_size=4)),
         **extra,
     )
 
@@ -128,6 +129,28 @@ def test_finished_task_is_cached_and_reused_without_new_releases(
     cached = torch.load(tmp_path / "org2" / "fed-test-sst2-calibrated.pt", weights_only=True)
     assert torch.allclose(cached["vector"], first["vector"], atol=1e-4)
     assert torch.allclose(cached["coefficients"], first["coefficients"], atol=1e-5)
+
+
+def test_layers_sharing_coefficients_release_four_values_per_group(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    from participant.calibration import CalibrationConfig
+
+    server = coordinator_factory()
+    shared = CalibrationConfig(rounds=2, steps_per_round=2, batch_size=4, coefficient_groups=1)
+    reports = _run_all([
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            vector_source="public", calibration=shared)
+        for pid in ("org1", "org2")
+    ])
+    assert all(0 < r.epsilon_spent <= 4.0 + 1e-6 for r in reports.values())
+    for round_id in ("calib-public-1", "calib-public-2"):
+        assert server.aggregator.aggregate("org1", round_id).vector_length == 4
+    saved = torch.load(tmp_path / "org1" / "fed-test-sst2-calibrated.pt", weights_only=True)
+    coefficients = saved["coefficients"]
+    assert coefficients.shape == (2, 4)  # one row per layer, both layers the one group's
+    assert torch.equal(coefficients[0], coefficients[1])
+    assert not torch.allclose(coefficients[0], torch.tensor([0.1, 1.0, 0.1, 1.0]))  # trained
 
 
 @pytest.mark.parametrize("epsilon", [float("inf"), 4.0])

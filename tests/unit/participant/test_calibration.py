@@ -1,0 +1,74 @@
+"""Calibration coefficients shared by groups of layers: expansion, gradients, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from participant.calibration import CalibrationConfig, per_layer
+from privacy.errors import ConfigError
+
+
+@pytest.mark.parametrize(("layers", "groups"), [(30, 1), (30, 3), (30, 7), (7, 3), (5, 5)])
+def test_groups_are_contiguous_balanced_and_cover_every_layer(layers: int, groups: int) -> None:
+    rows = torch.arange(groups, dtype=torch.float32)[:, None].repeat(1, 4)
+    expanded = per_layer(rows, layers)
+    group_of = expanded[:, 0].long().tolist()
+    assert len(group_of) == layers and group_of == sorted(group_of)  # contiguous
+    sizes = torch.bincount(torch.tensor(group_of), minlength=groups)
+    assert set(group_of) == set(range(groups)) and int(sizes.max() - sizes.min()) <= 1
+
+
+def test_per_layer_keeps_leading_dimensions_and_passes_per_layer_rows_through() -> None:
+    batch = torch.randn(5, 3, 4)
+    assert per_layer(batch, 9).shape == (5, 9, 4)
+    assert per_layer(batch, 3) is batch
+    with pytest.raises(ConfigError):
+        per_layer(batch, 2)
+
+
+@pytest.mark.parametrize("groups", [-1, True, 2.0])
+def test_config_rejects_invalid_group_counts(groups: object) -> None:
+    with pytest.raises(ConfigError):
+        CalibrationConfig(coefficient_groups=groups)  # type: ignore[arg-type]
+
+
+def test_more_groups_than_layers_is_a_clear_error() -> None:
+    assert CalibrationConfig().trained_rows(30) == 30
+    assert CalibrationConfig(coefficient_groups=3).trained_rows(30) == 3
+    with pytest.raises(ConfigError, match="exceeds"):
+        CalibrationConfig(coefficient_groups=31).trained_rows(30)
+
+
+def test_a_shared_row_gets_the_sum_of_its_layers_per_record_gradients(
+    tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    """Chain rule through the expansion: the DP-SGD per-record gradient of a group is the
+    sum of the per-layer gradients, so clipping bounds the same record's whole influence."""
+    from participant.calibration import LocalCalibrator
+    from participant.data import load_split
+    from participant.layers import resolve_layer_sites
+    from participant.model import load_model
+    from participant.tasks import load_task
+
+    lm = load_model(str(tiny_llama_dir))
+    sites = resolve_layer_sites(lm.model)
+    task = load_task("sst2")
+    records = load_split(task, "train", data_dir=str(shared_data / "sst2"))[:6]
+    vector = torch.randn(2, sites.num_layers, lm.model.config.hidden_size,
+                         generator=torch.Generator().manual_seed(0))
+
+    def gradients(groups: int) -> torch.Tensor:
+        config = CalibrationConfig(batch_size=3, coefficient_groups=groups,
+                                   calibration_noise=0.0)
+        calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                     noise_multiplier=0.0, seed=0)
+        grads, _ = calibrator.per_example_gradients(list(range(len(records))))
+        return grads
+
+    per_layer_grads, shared = gradients(0), gradients(1)
+    assert per_layer_grads.shape == (6, sites.num_layers, 4) and shared.shape == (6, 1, 4)
+    assert torch.allclose(shared[:, 0], per_layer_grads.sum(dim=1), atol=1e-5, rtol=1e-4)
+    assert float(shared.abs().max()) > 0
