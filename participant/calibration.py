@@ -2,12 +2,13 @@
 
 Loss: cross-entropy of the label word's first token at the query's last token, with the
 context vector injected (over the label words by default; over the full vocabulary as
-in I2CL with ``loss="full_vocab"``). Per-example gradients come
-from one batched backward pass: each batch row gets its own copy of the coefficients
-(``[B, G, 4]``, G = L unless layers share coefficients), so the gradient of that copy is exactly that record's gradient. Opacus's
-``DPOptimizer`` then clips each to ``max_grad_norm``, sums, adds Gaussian noise of std
-``noise_multiplier * max_grad_norm`` and divides by the expected batch size (Poisson
-sampling at rate ``sample_rate``: the setting Opacus's accountants analyse).
+in I2CL with ``loss="full_vocab"``). Per-example gradients come from one batched backward
+pass: each batch row gets its own copy of the coefficients (``[B, G, 4]``, G = L unless
+layers share coefficients), so the gradient of that copy is exactly that record's
+gradient. Opacus's ``DPOptimizer`` then clips each to ``max_grad_norm``, sums, adds
+Gaussian noise of std ``noise_multiplier * max_grad_norm`` and divides by the expected
+batch size (Poisson sampling at rate ``sample_rate``: the setting Opacus's accountants
+analyse).
 """
 
 from __future__ import annotations
