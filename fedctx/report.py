@@ -193,7 +193,8 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
             if math.inf in points:
                 ax.axhline(100 * statistics.mean(points[math.inf]), ls=":",
                            color=line.get_color() if line else None, label=f"{series}, no DP")
-        for method, style in (("zero_shot", "--"), ("few_shot", "-."), ("centralised", ":")):
+        for method, style in (("zero_shot", "--"), ("few_shot", "-."), ("centralised", ":"),
+                              ("local_only", (0, (1, 3)))):
             accs = [float(r["accuracy"]) for r in task_rows if r["method"] == method]  # type: ignore[arg-type]
             if accs:
                 ax.axhline(100 * statistics.mean(accs), ls=style, color="grey", label=method)

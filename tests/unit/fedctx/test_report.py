@@ -42,6 +42,15 @@ def test_markdown_means_and_std_over_seeds() -> None:
             "| 1.192 | 0.044 |") in text
 
 
+def test_coefficient_groups_get_their_own_rows() -> None:
+    rows = [*ROWS, _row("fedctx", 0.9, source="public", epsilon=8.0, coefficient_groups=3),
+            _row("local_only", 0.6, coefficient_groups=3), _row("local_only", 0.5)]
+    text = markdown(rows)
+    assert "| fedctx public (eps=8, 3 coefficient groups) | 90.0 |" in text
+    assert "| local_only (3 coefficient groups) | 60.0 |" in text
+    assert "| local_only | 50.0 |" in text
+
+
 def test_cost_table_per_round() -> None:
     table = cost_table(ROWS)
     assert "| sst2 | fedctx private (no DP) | 85.0 ± 1.4 | 5 | 3.0 KiB | 4.0 |" in table
