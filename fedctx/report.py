@@ -180,19 +180,20 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
     for task in sorted({str(r["task"]) for r in rows}):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         task_rows = [r for r in rows if r["task"] == task]
-        for series in sorted({s for r in task_rows if (s := _series(r))}):
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for index, series in enumerate(sorted({s for r in task_rows if (s := _series(r))})):
+            color = colors[index % len(colors)]  # a series' line and its no-DP level match
             points = defaultdict(list)
             for r in task_rows:
                 if _series(r) == series:
                     points[float(r["epsilon"])].append(float(r["accuracy"]))  # type: ignore[arg-type]
             finite = sorted(e for e in points if not math.isinf(e))
-            line = None
             if finite:
-                (line,) = ax.plot(finite, [100 * statistics.mean(points[e]) for e in finite],
-                                  "o-", label=series)
+                ax.plot(finite, [100 * statistics.mean(points[e]) for e in finite], "o-",
+                        color=color, label=series)
             if math.inf in points:
-                ax.axhline(100 * statistics.mean(points[math.inf]), ls=":",
-                           color=line.get_color() if line else None, label=f"{series}, no DP")
+                ax.axhline(100 * statistics.mean(points[math.inf]), ls=":", color=color,
+                           label=f"{series}, no DP")
         for method, style in (("zero_shot", "--"), ("few_shot", "-."), ("centralised", ":"),
                               ("local_only", (0, (1, 3)))):
             accs = [float(r["accuracy"]) for r in task_rows if r["method"] == method]  # type: ignore[arg-type]
