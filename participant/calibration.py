@@ -25,7 +25,7 @@ from privacy.errors import ConfigError
 from .data import Example
 from .hooks import default_coefficients, inject_context
 from .layers import LayerSites
-from .model import LoadedModel
+from .model import LoadedModel, last_token_logits
 from .tasks import TaskSpec
 
 
@@ -50,6 +50,10 @@ class CalibrationConfig:
             norm ``noise_multiplier * max_grad_norm * sqrt(4G)`` per step against a clipped
             signal of norm at most ``max_grad_norm``: fewer values, less noise in total
             (docs/results.md, "where the calibration budget goes").
+        max_batch_tokens: padded tokens (rows x longest row) per forward/backward pass: a
+            batch is split into length-sorted chunks under this bound, so memory stays
+            bounded for long texts (ten in-process participants on agnews exceeded 24 GiB
+            without it); per-record gradients are exact whatever the split.
         loss: ``label_words`` (default: cross-entropy over the label words' first tokens,
             the quantity the classifier's argmax uses) or ``full_vocab`` (I2CL's
             cross-entropy over the whole vocabulary). With the ~20-50 local steps a CPU
@@ -66,6 +70,7 @@ class CalibrationConfig:
     calibration_noise: float = 0.001
     max_grad_norm: float = 1.0
     coefficient_groups: int = 0
+    max_batch_tokens: int = 1024
     loss: str = "label_words"
 
     def __post_init__(self) -> None:
@@ -75,6 +80,8 @@ class CalibrationConfig:
             raise ConfigError("loss must be 'full_vocab' or 'label_words'")
         if self.learning_rate <= 0 or self.max_grad_norm <= 0:
             raise ConfigError("learning_rate and max_grad_norm must be > 0")
+        if self.max_batch_tokens < 1:
+            raise ConfigError("max_batch_tokens must be >= 1")
         if isinstance(self.coefficient_groups, bool) or not isinstance(
                 self.coefficient_groups, int) or self.coefficient_groups < 0:
             raise ConfigError("coefficient_groups must be an int >= 0 (0 = one per layer)")
@@ -123,6 +130,19 @@ class EncodedQueries:
         self.texts = [task.query(e.text) for e in examples]
         self.labels = torch.tensor([e.label for e in examples], dtype=torch.long)
         self.label_token_ids = torch.tensor(task.label_token_ids(lm.tokenizer), dtype=torch.long)
+        self.lengths = [len(ids) for ids in lm.tokenizer(self.texts)["input_ids"]]
+
+    def chunks(self, indices: list[int], *, max_tokens: int) -> list[list[int]]:
+        """Positions into ``indices``, sorted by length and grouped so that each group's
+        rows x longest row stays within ``max_tokens`` (a single longer row goes alone)."""
+        order = sorted(range(len(indices)), key=lambda j: self.lengths[indices[j]])
+        groups: list[list[int]] = []
+        for j in order:
+            if groups and (len(groups[-1]) + 1) * self.lengths[indices[j]] <= max_tokens:
+                groups[-1].append(j)
+            else:
+                groups.append([j])
+        return groups
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(input_ids [B, T], attention_mask [B, T], last positions [B])``."""
@@ -183,8 +203,17 @@ class LocalCalibrator:
 
     def per_example_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
         """``([B, G, 4] per-record gradients, mean loss)`` at the current coefficients."""
+        grads = torch.zeros(len(indices), *self.coefficients.shape)
         if not indices:
-            return torch.zeros(0, *self.coefficients.shape), float("nan")
+            return grads, float("nan")
+        total = 0.0
+        for chunk in self.queries.chunks(indices, max_tokens=self.config.max_batch_tokens):
+            grads[chunk], loss = self._chunk_gradients([indices[j] for j in chunk])
+            total += loss
+        return grads, total / len(indices)
+
+    def _chunk_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
+        """``([b, G, 4] per-record gradients, summed loss)`` for one forward/backward."""
         input_ids, mask, last = self.queries.batch(indices)
         per_row = self.coefficients.detach().unsqueeze(0).repeat(len(indices), 1, 1)
         per_row.requires_grad_(True)
@@ -193,9 +222,7 @@ class LocalCalibrator:
             coefficients=per_layer(per_row, self.sites.num_layers),
             noise_scale=self.config.calibration_noise, generator=self.generator,
         ):
-            logits = self.lm.model(input_ids=input_ids, attention_mask=mask).logits
-        rows = torch.arange(len(indices))
-        final = logits[rows, last].float()
+            final = last_token_logits(self.lm.model, input_ids, mask, last)
         labels = self.queries.labels[indices]
         if self.config.loss == "label_words":
             loss = F.cross_entropy(final[:, self.queries.label_token_ids], labels, reduction="sum")
@@ -203,7 +230,7 @@ class LocalCalibrator:
             targets = self.queries.label_token_ids[labels]
             loss = F.cross_entropy(final, targets, reduction="sum")
         (grad,) = torch.autograd.grad(loss, per_row)
-        return grad.detach(), float(loss.detach()) / len(indices)
+        return grad.detach(), float(loss.detach())
 
     def run_round(self, start: torch.Tensor) -> torch.Tensor:
         """Train ``steps_per_round`` steps from ``start`` ``[G, 4]``; return the update."""

@@ -27,7 +27,6 @@ zero, so the initial adapter leaves the model's outputs unchanged.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 import warnings
@@ -43,7 +42,7 @@ from privacy.errors import ConfigError
 from .calibration import EncodedQueries
 from .data import Example
 from .evaluation import Scores, score
-from .model import LoadedModel
+from .model import LoadedModel, last_token_logits
 from .tasks import TaskSpec
 
 #: Where the default ``("q_proj", "v_proj")`` targets live in architectures that fuse the
@@ -182,8 +181,6 @@ class LocalLoraTrainer:
                 expected_batch_size=max(1, round(self.sample_rate * len(examples))),
                 loss_reduction="mean",
             )
-        forward = inspect.signature(lm.model.forward).parameters
-        self._logits_to_keep = "logits_to_keep" in forward
         self.losses: list[float] = []
         self.step_seconds: list[float] = []
 
@@ -214,19 +211,9 @@ class LocalLoraTrainer:
                 offset += n
 
     # -- forward and per-record gradients ----------------------------------------------
-    def _final_logits(self, model: torch.nn.Module, input_ids: torch.Tensor,
-                      mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """``[B, V]`` logits at each row's last real token (right padding)."""
-        rows = torch.arange(len(last))
-        if self._logits_to_keep:  # only the positions that are some row's last token
-            keep, column = torch.unique(last, return_inverse=True)
-            logits = model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep).logits
-            return logits[rows, column].float()
-        return model(input_ids=input_ids, attention_mask=mask).logits[rows, last].float()
-
     def _summed_loss(self, model: torch.nn.Module, indices: list[int]) -> torch.Tensor:
         input_ids, mask, last = self.queries.batch(indices)
-        final = self._final_logits(model, input_ids, mask, last)
+        final = last_token_logits(model, input_ids, mask, last)
         labels = self.queries.labels[indices]
         if self.config.loss == "label_words":
             return F.cross_entropy(final[:, self.queries.label_token_ids], labels, reduction="sum")
@@ -344,8 +331,8 @@ class LocalLoraTrainer:
             enc = self.lm.tokenizer(prompts, return_tensors="pt", padding=True)
             last = enc["attention_mask"].sum(1) - 1
             with torch.no_grad():
-                final = self._final_logits(self.lm.model, enc["input_ids"],
-                                           enc["attention_mask"], last)
+                final = last_token_logits(self.lm.model, enc["input_ids"],
+                                          enc["attention_mask"], last)
             predictions += final[:, label_ids].argmax(dim=-1).tolist()
         return predictions
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -181,3 +182,22 @@ def _load(ref: str, *, dtype: str, revision: str | None) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return LoadedModel(model, tokenizer, fingerprint, ref)
+
+
+def last_token_logits(model: torch.nn.Module, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """``[B, V]`` float32 logits at each row's last real token (right padding).
+
+    Where the model's forward takes ``logits_to_keep`` only the positions that are some
+    row's last token go through the LM head: ``[B, k, V]`` with k <= B distinct positions
+    instead of ``[B, T, V]`` (49,152 x T floats a row on SmolLM2), which dominates memory
+    and the backward pass for long texts.
+    """
+    rows = torch.arange(len(last))
+    wrapped = getattr(model, "_module", model)  # Opacus's GradSampleModule forwards kwargs
+    if "logits_to_keep" in inspect.signature(wrapped.forward).parameters:
+        keep, column = torch.unique(last, return_inverse=True)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       logits_to_keep=keep).logits
+        return logits[rows, column].float()
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, last].float()

@@ -72,3 +72,60 @@ def test_a_shared_row_gets_the_sum_of_its_layers_per_record_gradients(
     assert per_layer_grads.shape == (6, sites.num_layers, 4) and shared.shape == (6, 1, 4)
     assert torch.allclose(shared[:, 0], per_layer_grads.sum(dim=1), atol=1e-5, rtol=1e-4)
     assert float(shared.abs().max()) > 0
+
+
+def _tiny(tiny_llama_dir: Path, shared_data: Path, n: int = 6):  # type: ignore[no-untyped-def]
+    from participant.data import load_split
+    from participant.layers import resolve_layer_sites
+    from participant.model import load_model
+    from participant.tasks import load_task
+
+    lm = load_model(str(tiny_llama_dir))
+    task = load_task("sst2")
+    records = load_split(task, "train", data_dir=str(shared_data / "sst2"))[:n]
+    return lm, resolve_layer_sites(lm.model), task, records
+
+
+def test_last_token_logits_match_the_full_logits_at_each_rows_last_token(
+    tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    from participant.model import last_token_logits
+
+    lm, _, task, records = _tiny(tiny_llama_dir, shared_data)
+    enc = lm.tokenizer([task.query(r.text) for r in records], return_tensors="pt", padding=True)
+    last = enc["attention_mask"].sum(1) - 1
+    assert len(set(last.tolist())) > 1  # rows of different lengths (right padding)
+    with torch.no_grad():
+        full = lm.model(**enc).logits[torch.arange(len(records)), last]
+        kept = last_token_logits(lm.model, enc["input_ids"], enc["attention_mask"], last)
+    assert kept.shape == full.shape and torch.allclose(kept, full, atol=1e-5)
+
+
+def test_splitting_a_batch_into_chunks_leaves_per_record_gradients_unchanged(
+    tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=8)
+    vector = torch.randn(2, sites.num_layers, lm.model.config.hidden_size,
+                         generator=torch.Generator().manual_seed(1))
+
+    def gradients(max_batch_tokens: int) -> tuple[torch.Tensor, float, list[list[int]]]:
+        config = CalibrationConfig(batch_size=8, calibration_noise=0.0,
+                                   max_batch_tokens=max_batch_tokens)
+        calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                     noise_multiplier=0.0, seed=0)
+        indices = [5, 0, 7, 2, 3]
+        chunks = calibrator.queries.chunks(indices, max_tokens=max_batch_tokens)
+        for chunk in chunks:  # each chunk within the bound, unless a row alone exceeds it
+            longest = max(calibrator.queries.lengths[indices[j]] for j in chunk)
+            assert len(chunk) == 1 or len(chunk) * longest <= max_batch_tokens
+        grads, loss = calibrator.per_example_gradients(indices)
+        return grads, loss, chunks
+
+    whole, whole_loss, one = gradients(10**6)
+    split, split_loss, many = gradients(1)
+    assert len(one) == 1 and len(many) == 5  # one pass vs every record alone
+    assert sorted(j for c in many for j in c) == list(range(5))
+    assert torch.allclose(split, whole, atol=1e-5, rtol=1e-4)
+    assert abs(split_loss - whole_loss) < 1e-4
