@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .data import Example
 from .hooks import inject_context
 from .layers import LayerSites
-from .model import LoadedModel
+from .model import LoadedModel, last_token_logits
 from .tasks import TaskSpec
 
 
@@ -48,8 +48,8 @@ def predict(
             if vector is not None and coefficients is not None else contextlib.nullcontext()
         )
         with torch.no_grad(), hooks:
-            logits = lm.model(**enc).logits
-        scores = logits[torch.arange(len(prompts)), last][:, label_ids]
+            final = last_token_logits(lm.model, enc["input_ids"], enc["attention_mask"], last)
+        scores = final[:, label_ids]
         predictions += scores.argmax(dim=-1).tolist()
     return predictions
 
