@@ -48,12 +48,14 @@ class CalibrationConfig:
             G > 0 splits the L layers into G contiguous groups that share their 4
             coefficients, so a round releases 4G values instead of 4L. DP-SGD noise has
             norm ``noise_multiplier * max_grad_norm * sqrt(4G)`` per step against a clipped
-            signal of norm at most ``max_grad_norm``: fewer values, less noise in total
-            (docs/results.md, "where the calibration budget goes").
+            signal of norm at most ``max_grad_norm``: fewer values, less noise in total, but
+            less expressive coefficients; on a subj validation split it gave no accuracy
+            gain at epsilon 8 (docs/results.md §6), hence the per-layer default.
         max_batch_tokens: padded tokens (rows x longest row) per forward/backward pass: a
             batch is split into length-sorted chunks under this bound, so memory stays
-            bounded for long texts (ten in-process participants on agnews exceeded 24 GiB
-            without it); per-record gradients are exact whatever the split.
+            bounded for long texts (ten in-process agnews participants exceeded 24 GiB
+            before this and last-token-only logits); per-record gradients are exact
+            whatever the split.
         loss: ``label_words`` (default: cross-entropy over the label words' first tokens,
             the quantity the classifier's argmax uses) or ``full_vocab`` (I2CL's
             cross-entropy over the whole vocabulary). With the ~20-50 local steps a CPU
@@ -175,8 +177,8 @@ class LocalCalibrator:
         self.queries = EncodedQueries(lm, task, examples)
         self.private = noise_multiplier > 0
         self.sample_rate = min(1.0, config.batch_size / len(examples))
-        self.rows = config.trained_rows(sites.num_layers)
-        self.coefficients = torch.nn.Parameter(default_coefficients(self.rows))
+        self.coefficients = torch.nn.Parameter(
+            default_coefficients(config.trained_rows(sites.num_layers)))
         self.generator = torch.Generator().manual_seed(seed)
         base = torch.optim.AdamW(
             [self.coefficients], lr=config.learning_rate, weight_decay=config.weight_decay
