@@ -22,10 +22,12 @@ def _label(row: dict[str, object]) -> str:
     return f"fedctx {row['vector_source']} ({budget}{variant})"
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], *, signed: bool = False) -> str:
+    """Percentages: the value, or mean ± sample std when there are several."""
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+        return f"{100 * values[0]:{sign}.1f}"
+    return f"{100 * statistics.mean(values):{sign}.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def load_rows(results: Path) -> list[dict[str, object]]:
@@ -68,13 +70,18 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
                 eps += [float(r.get("epsilon_spent", math.inf)) for r in runs]  # type: ignore[arg-type]
                 sent += [float(r["bytes_sent_per_participant"]) for r in runs  # type: ignore[arg-type]
                          if "bytes_sent_per_participant" in r]
-            mean = f"{100 * statistics.mean(means):.1f}" if len(means) == len(tasks) else "—"
+            per_seed = _task_means_per_seed(groups, tasks, (participants, alpha, label))
+            if len(per_seed) > 1:
+                mean = _mean_std(list(per_seed.values()))
+            else:
+                mean = f"{100 * statistics.mean(means):.1f}" if len(means) == len(tasks) else "—"
             eps_cell = "∞" if not eps or math.isinf(max(eps)) else f"{max(eps):.3f}"
             if label == "zero_shot":
                 eps_cell = "0 (no data)"
             sent_cell = f"{statistics.mean(sent) / 1024:.0f} KiB" if sent else ""
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {eps_cell} | {sent_cell} |")
         lines.append("")
+        lines += _paired_gaps(groups, tasks, participants, alpha, labels)
     cells = calibration_table(rows)
     if cells:
         lines += ["### Every fedctx cell: before and after calibration", "", cells]
@@ -83,6 +90,44 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
         lines += ["### Per-round cost of the federated runs (mean over participants and rounds)",
                   "", costs]
     return "\n".join(lines)
+
+
+#: The reference of the paired gaps: non-private fedctx as the paper runs it.
+GAP_REFERENCE = "fedctx private (no DP)"
+
+
+def _task_means_per_seed(groups, tasks: list[str], setting: tuple[int, float, str]) -> dict[int, float]:  # type: ignore[no-untyped-def]
+    """Accuracy averaged over ``tasks`` for each seed that has a run of every task."""
+    participants, alpha, label = setting
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for task in tasks:
+        for run in groups.get((task, participants, alpha, label), []):
+            by_seed[int(run["seed"])].append(float(run["accuracy"]))
+    return {seed: statistics.mean(accs) for seed, accs in sorted(by_seed.items())
+            if len(accs) == len(tasks)}
+
+
+def _paired_gaps(groups, tasks: list[str], participants: int, alpha: float,  # type: ignore[no-untyped-def]
+                 labels: list[str]) -> list[str]:
+    """Each method's mean over the tasks minus :data:`GAP_REFERENCE`'s, seed by seed (the
+    same split and test queries), then mean ± std over the seeds both have: the statistic
+    a privacy-utility target is about, without the between-seed spread of the levels."""
+    reference = _task_means_per_seed(groups, tasks, (participants, alpha, GAP_REFERENCE))
+    if not reference:
+        return []
+    lines = [f"Paired with {GAP_REFERENCE}: mean over the {len(tasks)} tasks minus the "
+             "reference's, on the same seed (split and test queries).", "",
+             "| method | seeds | gap (points) | per seed |", "|---|---|---|---|"]
+    for label in labels:
+        if label == GAP_REFERENCE:
+            continue
+        own = _task_means_per_seed(groups, tasks, (participants, alpha, label))
+        gaps = {seed: own[seed] - reference[seed] for seed in own if seed in reference}
+        if gaps:
+            per_seed = ", ".join(f"{seed}: {100 * gap:+.1f}" for seed, gap in gaps.items())
+            lines.append(f"| {label} | {len(gaps)} | {_mean_std(list(gaps.values()), signed=True)} "
+                         f"| {per_seed} |")
+    return [*lines, ""] if len(lines) > 4 else []
 
 
 def _groups(row: dict[str, object]) -> str:
@@ -188,9 +233,11 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
                 if _series(r) == series:
                     points[float(r["epsilon"])].append(float(r["accuracy"]))  # type: ignore[arg-type]
             finite = sorted(e for e in points if not math.isinf(e))
-            if finite:
-                ax.plot(finite, [100 * statistics.mean(points[e]) for e in finite], "o-",
-                        color=color, label=series)
+            if finite:  # error bars: std over seeds, where a budget has several runs
+                ax.errorbar(finite, [100 * statistics.mean(points[e]) for e in finite],
+                            yerr=[100 * statistics.stdev(points[e]) if len(points[e]) > 1 else 0.0
+                                  for e in finite], fmt="o-", capsize=3, color=color,
+                            label=series)
             if math.inf in points:
                 ax.axhline(100 * statistics.mean(points[math.inf]), ls=":", color=color,
                            label=f"{series}, no DP")

@@ -15,11 +15,17 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from opacus.accountants import create_accountant
+from opacus.accountants import RDPAccountant, create_accountant
 
 from .errors import ConfigError
 
 ACCOUNTANTS = ("rdp", "prv")
+
+#: RDP orders: Opacus's defaults (1.1 .. 63) plus a geometric tail to 1024. RDP bounds hold
+#: at every order, so more orders can only tighten the minimum; the tail matters for
+#: heavily noised, lightly sampled plans (e.g. sigma >= 10 at q = 12/256, which the
+#: noise-multiplier search probes), whose optimum lies beyond 63 and where Opacus warns.
+RDP_ORDERS = (*RDPAccountant.DEFAULT_ALPHAS, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,8 @@ def epsilon_for_history(
     acc.history = [(float(nm), float(q), int(s)) for nm, q, s in history]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        if accountant == "rdp":
+            return float(acc.get_epsilon(delta=delta, alphas=list(RDP_ORDERS)))
         return float(acc.get_epsilon(delta=delta))
 
 

@@ -63,3 +63,26 @@ def test_plots_both_methods_and_participant_counts(tmp_path: Path) -> None:
     written = {p.name for p in plot(ROWS, tmp_path)}
     assert written == {"accuracy_vs_epsilon_sst2.png", "accuracy_vs_participants_sst2.png"}
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
+
+
+def test_mean_over_tasks_and_paired_gaps_seed_by_seed() -> None:
+    def run(task: str, seed: int, accuracy: float, **kw: object) -> dict[str, object]:
+        return {**_row("fedctx", accuracy, seed=seed, **kw), "task": task}
+
+    rows = [
+        # reference (non-private, private vector): task means 0.80 (seed 1), 0.60 (seed 2)
+        run("sst2", 1, 0.90, source="private"), run("trec", 1, 0.70, source="private"),
+        run("sst2", 2, 0.70, source="private"), run("trec", 2, 0.50, source="private"),
+        # DP run 2 and 4 points below on the same seeds: levels spread 20, gaps 2 apart
+        run("sst2", 1, 0.88, source="public", epsilon=8.0),
+        run("trec", 1, 0.68, source="public", epsilon=8.0),
+        run("sst2", 2, 0.66, source="public", epsilon=8.0),
+        run("trec", 2, 0.46, source="public", epsilon=8.0),
+        run("sst2", 3, 0.99, source="public", epsilon=8.0),  # no trec: not a whole seed
+    ]
+    text = markdown(rows)
+    assert "| fedctx private (no DP) | 80.0 ± 14.1 | 60.0 ± 14.1 | 70.0 ± 14.1 |" in text
+    assert "| fedctx public (eps=8) | 84.3 ± 16.8 | 57.0 ± 15.6 | 67.0 ± 15.6 |" in text
+    assert "| fedctx public (eps=8) | 2 | -3.0 ± 1.4 | 1: -2.0, 2: -4.0 |" in text
+    # without the reference there is no gap table
+    assert "Paired with" not in markdown([r for r in rows if r["vector_source"] == "public"])
