@@ -2,7 +2,9 @@
 
 Every federated run is a real federation: an in-process coordinator on 127.0.0.1:0 with
 mutual TLS and one thread per participant, each with its own model instance, through the
-same :class:`participant.federation.Participant` code path as a deployment. Baselines
+same :class:`participant.federation.Participant` code path as a deployment (the threads take
+turns at the CPUs for model work, one per usable core; see ``Participant``'s
+``compute_slot``). Baselines
 (zero-shot, few-shot ICL, local-only I2CL, centralised I2CL) run in-process on the same
 splits and test queries. Results are appended to ``results.jsonl`` as each run ends; a
 killed sweep resumes without redoing finished runs.
@@ -14,6 +16,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shutil
 import statistics
 import threading
@@ -424,6 +427,10 @@ class Harness:
         from participant.config import ParticipantConfig, PrivacySettings
         from participant.federation import Participant
 
+        # The participants are threads of this process: they take turns at the CPUs for
+        # model work (ten threads on two cores thrash), and wait for the coordinator freely.
+        slot = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
+
         def run(index: int, **base: object) -> object:
             participant = Participant(ParticipantConfig(
                 **base, vector_source=spec.vector_source,  # type: ignore[arg-type]
@@ -432,7 +439,7 @@ class Harness:
                                         vector_clip_mode=spec.vector_clip_mode,
                                         vector_denoise=spec.vector_denoise),
                 calibration=self._calibration(spec),
-            ))
+            ), compute_slot=slot)
             try:
                 return participant.run()
             finally:

@@ -42,7 +42,8 @@ def load_rows(results: Path) -> list[dict[str, object]]:
 
 
 def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
-    """Per-task tables (mean ± std over seeds) plus the mean over tasks."""
+    """Per-task tables (mean ± std over seeds), the mean over tasks (± std over the seeds
+    that have every task), and each method's gap to non-private fedctx paired by seed."""
     groups: dict[tuple[str, int, float, str], list[dict[str, object]]] = defaultdict(list)
     for row in rows:
         groups[(str(row["task"]), int(row["participants"]), float(row["dirichlet_alpha"]),  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,10 +131,21 @@ class _NotYet(Exception):
 class Participant:
     """Runs one participant through a federation (see module docstring)."""
 
-    def __init__(self, config: ParticipantConfig) -> None:
+    def __init__(self, config: ParticipantConfig, *,
+                 compute_slot: AbstractContextManager[object] | None = None) -> None:
+        """Load the model and data and open the channel (nothing is sent yet).
+
+        Args:
+            compute_slot: held around model loading and every model computation (never
+                while waiting on the coordinator). Participants simulated as threads of one
+                process share a ``threading.BoundedSemaphore`` sized to the CPUs so that
+                they take turns instead of thrashing; a deployed participant needs none.
+        """
         self.config = config
+        self.compute_slot = compute_slot or nullcontext()
         self.task = load_task(config.task)
-        self.lm = load_model(config.model, dtype=config.dtype)
+        with self.compute_slot:
+            self.lm = load_model(config.model, dtype=config.dtype)
         self.sites = resolve_layer_sites(self.lm.model)
         self.layer_fp = layer_map_fingerprint(self.sites)
         self.records = _local_records(config, len(self.task.labels))[: config.max_calibration_records]
@@ -365,12 +377,14 @@ class Participant:
             return report
 
         start = time.perf_counter()
-        reference = public_reference(self.lm, self.sites, task, batch_size=cfg.batch_size)
+        with self.compute_slot:
+            reference = public_reference(self.lm, self.sites, task, batch_size=cfg.batch_size)
         shape = reference.vector.shape
         if cfg.vector_source == "private":
-            acts = last_token_activations(self.lm, self.sites,
-                                          [task.demonstration(e.text, e.label) for e in demos],
-                                          batch_size=cfg.batch_size)
+            with self.compute_slot:
+                acts = last_token_activations(
+                    self.lm, self.sites, [task.demonstration(e.text, e.label) for e in demos],
+                    batch_size=cfg.batch_size)
             timings["vector_forward"] = time.perf_counter() - start
             raw_mode = cfg.privacy.vector_clip_mode == "raw"
             center = reference.centred_at_zero() if raw_mode else reference
@@ -453,12 +467,13 @@ class Participant:
                         steps=cfg.calibration.steps_per_round,
                         sensitivity=f"per-record gradient L2 {cfg.calibration.max_grad_norm:g}",
                     )
-                began = time.perf_counter()
-                update = (
-                    calibrator.run_round(coefficients) if not status.contributed
-                    else torch.zeros_like(coefficients)
-                )
-                compute_s = time.perf_counter() - began
+                with self.compute_slot:
+                    began = time.perf_counter()
+                    update = (
+                        calibrator.run_round(coefficients) if not status.contributed
+                        else torch.zeros_like(coefficients)
+                    )
+                    compute_s = time.perf_counter() - began
                 sent, waited_from = self.client.bytes_sent, time.perf_counter()
                 mean, count = self.secure_mean(
                     round_id, update.double().numpy().ravel(), kind="coefficient_update",
@@ -528,16 +543,18 @@ class Participant:
                                    per_class=cfg.test_per_class, num_classes=len(task.labels),
                                    seed=cfg.test_seed if cfg.test_seed >= 0 else 1000 + cfg.seed)
             start = time.perf_counter()
-            runs: dict[str, Scores] = {
-                "zero_shot": evaluate(self.lm, self.sites, task, test, batch_size=cfg.batch_size),
-                "injected_uncalibrated": evaluate(
-                    self.lm, self.sites, task, test, vector=vector,
-                    coefficients=default_coefficients(self.sites.num_layers),
-                    batch_size=cfg.batch_size),
-                "injected_calibrated": evaluate(
-                    self.lm, self.sites, task, test, vector=vector, coefficients=coefficients,
-                    batch_size=cfg.batch_size),
-            }
+            with self.compute_slot:
+                runs: dict[str, Scores] = {
+                    "zero_shot": evaluate(self.lm, self.sites, task, test,
+                                          batch_size=cfg.batch_size),
+                    "injected_uncalibrated": evaluate(
+                        self.lm, self.sites, task, test, vector=vector,
+                        coefficients=default_coefficients(self.sites.num_layers),
+                        batch_size=cfg.batch_size),
+                    "injected_calibrated": evaluate(
+                        self.lm, self.sites, task, test, vector=vector,
+                        coefficients=coefficients, batch_size=cfg.batch_size),
+                }
             report.scores = {k: asdict(v) for k, v in runs.items()}
             timings["evaluation"] = time.perf_counter() - start
         report.bytes_sent = self.client.bytes_sent

@@ -29,13 +29,13 @@ def _participant_config(pid, port, pki, tmp_path, tiny_llama_dir, shared_data, *
     )
 
 
-def _run_all(configs):  # type: ignore[no-untyped-def]
+def _run_all(configs, compute_slot=None):  # type: ignore[no-untyped-def]
     from participant.federation import Participant
 
     reports, errors = {}, []
 
     def run(config):  # type: ignore[no-untyped-def]
-        participant = Participant(config)
+        participant = Participant(config, compute_slot=compute_slot)
         try:
             reports[config.participant_id] = participant.run()
         except BaseException as exc:  # noqa: BLE001 - surfaced below
@@ -177,3 +177,41 @@ def test_vector_weighted_by_record_count(
     saved = [torch.load(tmp_path / pid / "fed-test-sst2-calibrated.pt", weights_only=True)
              for pid in ("org1", "org2")]
     assert torch.allclose(saved[0]["vector"], saved[1]["vector"], atol=1e-4)
+
+
+class _OneSlot:
+    """A one-holder gate that records how it was used."""
+
+    def __init__(self) -> None:
+        self.lock, self.guard = threading.BoundedSemaphore(1), threading.Lock()
+        self.holders = self.max_holders = self.entries = 0
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        with self.guard:
+            self.holders += 1
+            self.entries += 1
+            self.max_holders = max(self.max_holders, self.holders)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.guard:
+            self.holders -= 1
+        self.lock.release()
+
+
+def test_participants_sharing_one_compute_slot_take_turns_without_deadlock(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    # A participant that held the slot while waiting for the other's contribution would
+    # deadlock here: the slot must cover model work only, never a wait on the coordinator.
+    server = coordinator_factory()
+    slot = _OneSlot()
+    reports = _run_all([
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data)
+        for pid in ("org1", "org2")
+    ], compute_slot=slot)
+    assert set(reports) == {"org1", "org2"}
+    assert all(len(r.rounds) == 3 for r in reports.values())
+    # per participant: model load, reference, demonstrations, 2 calibration rounds, evaluation
+    assert slot.entries == 2 * 6
+    assert slot.max_holders == 1
