@@ -55,34 +55,16 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
     settings = sorted({(k[1], k[2]) for k in groups})
     for participants, alpha in settings:
         split = "IID" if alpha == 0 else f"Dirichlet({alpha:g})"
-        lines += [f"### {participants} participants, {split}", "",
-                  "| method | " + " | ".join(tasks) + " | mean | epsilon spent | bytes sent / participant |",
-                  "|---|" + "---|" * (len(tasks) + 3)]
         labels = sorted({k[3] for k in groups if k[1:3] == (participants, alpha)},
                         key=lambda s: (not s.startswith(("zero", "few", "local", "central")), s))
-        for label in labels:
-            cells, means, eps, sent = [], [], [], []
-            for task in tasks:
-                runs = groups.get((task, participants, alpha, label), [])
-                accs = [float(r["accuracy"]) for r in runs]  # type: ignore[arg-type]
-                cells.append(_mean_std(accs) if accs else "—")
-                if accs:
-                    means.append(statistics.mean(accs))
-                eps += [float(r.get("epsilon_spent", math.inf)) for r in runs]  # type: ignore[arg-type]
-                sent += [float(r["bytes_sent_per_participant"]) for r in runs  # type: ignore[arg-type]
-                         if "bytes_sent_per_participant" in r]
-            per_seed = _task_means_per_seed(groups, tasks, (participants, alpha, label))
-            if len(per_seed) > 1:
-                mean = _mean_std(list(per_seed.values()))
-            else:
-                mean = f"{100 * statistics.mean(means):.1f}" if len(means) == len(tasks) else "—"
-            eps_cell = "∞" if not eps or math.isinf(max(eps)) else f"{max(eps):.3f}"
-            if label == "zero_shot":
-                eps_cell = "0 (no data)"
-            sent_cell = f"{statistics.mean(sent) / 1024:.0f} KiB" if sent else ""
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} | {eps_cell} | {sent_cell} |")
-        lines.append("")
-        lines += _paired_gaps(groups, tasks, participants, alpha, labels)
+        lines += [f"### {participants} participants, {split}", "", "Accuracy (%):", "",
+                  *_method_table(groups, tasks, (participants, alpha), labels, "accuracy"), "",
+                  *_paired_gaps(groups, tasks, participants, alpha, labels)]
+        if any("macro_f1" in r for k, runs in groups.items() if k[1:3] == (participants, alpha)
+               for r in runs):
+            lines += ["Macro-F1 (%):", "",
+                      *_method_table(groups, tasks, (participants, alpha), labels, "macro_f1"),
+                      ""]
     cells = calibration_table(rows)
     if cells:
         lines += ["### Every fedctx cell: before and after calibration", "", cells]
@@ -93,17 +75,54 @@ def markdown(rows: list[dict[str, object]], *, command: str = "") -> str:
     return "\n".join(lines)
 
 
+def _method_table(groups, tasks: list[str], setting: tuple[int, float],  # type: ignore[no-untyped-def]
+                  labels: list[str], metric: str) -> list[str]:
+    """One line per method: ``metric`` per task (mean ± std over seeds) and over the tasks;
+    the accuracy table also carries the epsilon spent and the bytes sent."""
+    costs = metric == "accuracy"
+    lines = ["| method | " + " | ".join(tasks) + " | mean |"
+             + (" epsilon spent | bytes sent / participant |" if costs else ""),
+             "|---|" + "---|" * (len(tasks) + 1 + 2 * costs)]
+    for label in labels:
+        cells, means, eps, sent = [], [], [], []
+        for task in tasks:
+            runs = groups.get((task, *setting, label), [])
+            values = [float(r[metric]) for r in runs if metric in r]
+            cells.append(_mean_std(values) if values else "—")
+            if values:
+                means.append(statistics.mean(values))
+            eps += [float(r.get("epsilon_spent", math.inf)) for r in runs]
+            sent += [float(r["bytes_sent_per_participant"]) for r in runs
+                     if "bytes_sent_per_participant" in r]
+        per_seed = _task_means_per_seed(groups, tasks, (*setting, label), metric)
+        if len(per_seed) > 1:
+            mean = _mean_std(list(per_seed.values()))
+        else:
+            mean = f"{100 * statistics.mean(means):.1f}" if len(means) == len(tasks) else "—"
+        line = f"| {label} | " + " | ".join(cells) + f" | {mean} |"
+        if costs:
+            eps_cell = "∞" if not eps or math.isinf(max(eps)) else f"{max(eps):.3f}"
+            if label == "zero_shot":
+                eps_cell = "0 (no data)"
+            sent_cell = f"{statistics.mean(sent) / 1024:.0f} KiB" if sent else ""
+            line += f" {eps_cell} | {sent_cell} |"
+        lines.append(line)
+    return lines
+
+
 #: The reference of the paired gaps: non-private fedctx as the paper runs it.
 GAP_REFERENCE = "fedctx private (no DP)"
 
 
-def _task_means_per_seed(groups, tasks: list[str], setting: tuple[int, float, str]) -> dict[int, float]:  # type: ignore[no-untyped-def]
-    """Accuracy averaged over ``tasks`` for each seed that has a run of every task."""
+def _task_means_per_seed(groups, tasks: list[str], setting: tuple[int, float, str],  # type: ignore[no-untyped-def]
+                         metric: str = "accuracy") -> dict[int, float]:
+    """``metric`` averaged over ``tasks`` for each seed that has a run of every task."""
     participants, alpha, label = setting
     by_seed: dict[int, list[float]] = defaultdict(list)
     for task in tasks:
         for run in groups.get((task, participants, alpha, label), []):
-            by_seed[int(run["seed"])].append(float(run["accuracy"]))
+            if metric in run:
+                by_seed[int(run["seed"])].append(float(run[metric]))
     return {seed: statistics.mean(accs) for seed, accs in sorted(by_seed.items())
             if len(accs) == len(tasks)}
 
@@ -116,7 +135,7 @@ def _paired_gaps(groups, tasks: list[str], participants: int, alpha: float,  # t
     reference = _task_means_per_seed(groups, tasks, (participants, alpha, GAP_REFERENCE))
     if not reference:
         return []
-    lines = [f"Paired with {GAP_REFERENCE}: mean over the {len(tasks)} tasks minus the "
+    lines = [f"Paired with {GAP_REFERENCE}: the mean accuracy over the tasks minus the "
              "reference's, on the same seed (split and test queries).", "",
              "| method | seeds | gap (points) | per seed |", "|---|---|---|---|"]
     for label in labels:

@@ -84,5 +84,9 @@ def test_mean_over_tasks_and_paired_gaps_seed_by_seed() -> None:
     assert "| fedctx private (no DP) | 80.0 ± 14.1 | 60.0 ± 14.1 | 70.0 ± 14.1 |" in text
     assert "| fedctx public (eps=8) | 84.3 ± 16.8 | 57.0 ± 15.6 | 67.0 ± 15.6 |" in text
     assert "| fedctx public (eps=8) | 2 | -3.0 ± 1.4 | 1: -2.0, 2: -4.0 |" in text
+    assert "Macro-F1" not in text  # no row carries it
+    f1 = markdown([{**rows[0], "macro_f1": 0.85}, {**rows[1], "macro_f1": 0.60}])
+    assert "Macro-F1 (%):\n\n| method | sst2 | trec | mean |\n|---|---|---|---|\n" \
+        "| fedctx private (no DP) | 85.0 | 60.0 | 72.5 |" in f1
     # without the reference there is no gap table
     assert "Paired with" not in markdown([r for r in rows if r["vector_source"] == "public"])
