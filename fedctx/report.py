@@ -234,6 +234,22 @@ def _finish(plt, fig, ax, title: str, xlabel: str, path: Path) -> Path:  # type:
     return path
 
 
+# Baselines drawn as horizontal reference lines, and their line styles.
+BASELINE_STYLES = {"zero_shot": "--", "few_shot": "-.", "centralised": ":",
+                   "local_only": (0, (1, 3))}
+# Baselines that see no participant's data, so their accuracy does not depend on the count.
+COUNT_FREE_BASELINES = ("zero_shot", "few_shot")
+
+
+def _reference_lines(ax, rows: list[dict[str, object]], methods) -> None:  # type: ignore[no-untyped-def]
+    """One grey horizontal line per baseline in ``methods`` present in ``rows`` (mean)."""
+    for method in methods:
+        accs = [float(r["accuracy"]) for r in rows if r["method"] == method]  # type: ignore[arg-type]
+        if accs:
+            ax.axhline(100 * statistics.mean(accs), ls=BASELINE_STYLES[method], color="grey",
+                       label=method)
+
+
 def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
     """Accuracy against epsilon per task (one line per federated method, its no-DP run and
     the baselines as reference lines), and accuracy against participant count where the
@@ -261,11 +277,7 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
             if math.inf in points:
                 ax.axhline(100 * statistics.mean(points[math.inf]), ls=":", color=color,
                            label=f"{series}, no DP")
-        for method, style in (("zero_shot", "--"), ("few_shot", "-."), ("centralised", ":"),
-                              ("local_only", (0, (1, 3)))):
-            accs = [float(r["accuracy"]) for r in task_rows if r["method"] == method]  # type: ignore[arg-type]
-            if accs:
-                ax.axhline(100 * statistics.mean(accs), ls=style, color="grey", label=method)
+        _reference_lines(ax, task_rows, BASELINE_STYLES)
         ax.set_xscale("log")
         budgets = sorted({float(r["epsilon"]) for r in task_rows  # type: ignore[arg-type]
                           if _series(r) and not math.isinf(float(r["epsilon"]))})  # type: ignore[arg-type]
@@ -279,16 +291,20 @@ def plot(rows: list[dict[str, object]], out: Path) -> list[Path]:
 
 def plot_participants(rows: list[dict[str, object]], out: Path) -> list[Path]:
     """Accuracy against participant count per task, one line per method and budget (only
-    for tasks run with more than one count); PNG paths."""
+    for tasks run with more than one count); zero-shot and few-shot, which see no
+    participant's data, are reference lines at their mean over whatever counts ran them.
+    PNG paths."""
     plt = _pyplot()
     if plt is None:
         return []
     written = []
     for task in sorted({str(r["task"]) for r in rows}):
-        task_rows = [r for r in rows if r["task"] == task]
+        all_rows = [r for r in rows if r["task"] == task]
+        task_rows = [r for r in all_rows if r["method"] not in COUNT_FREE_BASELINES]
         if len({int(r["participants"]) for r in task_rows}) < 2:  # type: ignore[arg-type]
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
+        _reference_lines(ax, all_rows, COUNT_FREE_BASELINES)
         for label in sorted({_label(r) for r in task_rows}):
             points = defaultdict(list)
             for r in task_rows:

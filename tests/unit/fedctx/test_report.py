@@ -65,6 +65,13 @@ def test_plots_both_methods_and_participant_counts(tmp_path: Path) -> None:
     assert all((tmp_path / name).stat().st_size > 1000 for name in written)
 
 
+def test_zero_shot_at_another_count_does_not_make_a_participants_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    # zero-shot sees no participant's data: a row at N=3 is a reference line, not a count
+    rows = [_row("fedctx", 0.86, source="private"), _row("zero_shot", 0.80, participants=3)]
+    assert {p.name for p in plot(rows, tmp_path)} == {"accuracy_vs_epsilon_sst2.png"}
+
+
 def test_mean_over_tasks_and_paired_gaps_seed_by_seed() -> None:
     def run(task: str, seed: int, accuracy: float, **kw: object) -> dict[str, object]:
         return {**_row("fedctx", accuracy, seed=seed, **kw), "task": task}
