@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = "fedctx.v1"
 ROUND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # always .fullmatch()
 KINDS = frozenset({"context_vector", "coefficient_update", "adapter_update", "vector_sum"})
+MAX_PROTOCOL_PLAN_BYTES = 4096
 OPEN, CLOSED, FAILED = "open", "closed", "failed"
 
 
@@ -173,6 +174,7 @@ class Aggregator:
             "chunk_bytes": self.config.chunk_bytes,
             "protocol_version": PROTOCOL_VERSION,
             "rounds": rounds,
+            "protocol_plan": self.store.get_meta("protocol_plan") or "",
         }
 
     # -- keys ---------------------------------------------------------------------
@@ -224,8 +226,10 @@ class Aggregator:
         self, peer_id: str, *, federation_id: str, public_context: bytes,
         ckks_params_fingerprint: str, model_fingerprint: str, layer_map_fingerprint: str,
         sealed_keys: dict[str, bytes], encrypted_secret_context: bytes = b"",
+        protocol_plan: str = "",
     ) -> str:
-        """Accept the keyholder's public context and sealed secret contexts."""
+        """Accept the keyholder's public context, sealed secret contexts and protocol plan
+        (a JSON object, stored as-is for participants to compare with their own)."""
         self._require_member(peer_id)
         if peer_id != self.config.keyholder_id:
             raise NotAllowedError(f"only the keyholder {self.config.keyholder_id!r} publishes keys")
@@ -235,6 +239,7 @@ class Aggregator:
             context = ckks.load_public_context(public_context)
         except CryptoError as exc:
             raise InvalidContributionError(f"public context rejected: {exc}") from exc
+        _check_protocol_plan(protocol_plan)
         fingerprint = ckks.context_fingerprint(public_context)
         expected = set(self.config.roster) - {self.config.keyholder_id}
         if set(sealed_keys) != expected:
@@ -266,6 +271,7 @@ class Aggregator:
                     ("model_fingerprint", model_fingerprint),
                     ("layer_map_fingerprint", layer_map_fingerprint),
                     ("encrypted_secret_context_blob", encrypted_digest),
+                    ("protocol_plan", protocol_plan),
                 ):
                     db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, v))
                 for rid, digest in sealed_digests.items():
@@ -574,3 +580,18 @@ class Aggregator:
 
 def _normalise_pem(pem: str) -> str:
     return "".join(pem.split())
+
+
+def _check_protocol_plan(plan: str) -> None:
+    """A protocol plan is empty or a JSON object of at most ``MAX_PROTOCOL_PLAN_BYTES``."""
+    if not plan:
+        return
+    if len(plan.encode()) > MAX_PROTOCOL_PLAN_BYTES:
+        raise PayloadTooLargeError(
+            f"protocol plan exceeds {MAX_PROTOCOL_PLAN_BYTES} bytes")
+    try:
+        parsed = json.loads(plan)
+    except ValueError as exc:
+        raise InvalidContributionError(f"protocol plan is not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidContributionError("protocol plan must be a JSON object")

@@ -167,6 +167,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             layer_map_fingerprint=request.layer_map_fingerprint,
             sealed_keys={s.recipient_id: s.sealed_secret_context for s in request.sealed_keys},
             encrypted_secret_context=request.encrypted_secret_context,
+            protocol_plan=request.protocol_plan,
         ))
         return pb.PublishKeysResponse(ckks_context_fingerprint=fingerprint)
 

@@ -2,7 +2,8 @@
 
 Order of events (every release is reserved in the privacy ledger before it leaves):
 1. announce a signed X25519 key; the keyholder seals the CKKS secret context to every
-   announced key, the others fetch and open theirs (the coordinator relays bytes);
+   announced key and pins the protocol plan, the others fetch and open theirs (the
+   coordinator relays bytes); everyone checks the model, layer map and plan;
 2. vector round (``vector_source="private"`` only): DP mean deviation from the public
    reference, encrypted, summed by the coordinator, decrypted and averaged here;
 3. calibration rounds: DP-SGD steps on local records, the coefficient update encrypted,
@@ -50,6 +51,7 @@ from .evaluation import Scores, evaluate
 from .hooks import default_coefficients
 from .layers import layer_map_fingerprint, resolve_layer_sites
 from .model import load_model
+from .protocol_plan import canonical_plan, check_plan
 from .tasks import TaskSpec, load_task
 
 logger = logging.getLogger(__name__)
@@ -217,8 +219,38 @@ class Participant:
         _write_private(path, private)
         return private, public
 
-    def establish_keys(self, federation: pb.GetFederationResponse) -> None:
-        """Announce, then create-and-seal (keyholder) or fetch-and-open the CKKS key."""
+    def protocol_plan(self) -> str:
+        """This protocol's plan (see :mod:`participant.protocol_plan`): the task, which
+        rounds run (vector source and weighting, calibration rounds) and what their
+        aggregates mean (denoising, calibration steps, batch, learning rate, groups, loss)."""
+        cfg, cal = self.config, self.config.calibration
+        return canonical_plan({
+            "protocol": "ifed-icl", "task": self.task.name, "vector_source": cfg.vector_source,
+            "vector_weighting": cfg.vector_weighting,
+            "vector_denoise": cfg.privacy.vector_denoise, "rounds": cal.rounds,
+            "steps_per_round": cal.steps_per_round, "batch_size": cal.batch_size,
+            "learning_rate": cal.learning_rate, "coefficient_groups": cal.coefficient_groups,
+            "loss": cal.loss,
+        })
+
+    def join(self, federation: pb.GetFederationResponse, *,
+             protocol_plan: str) -> pb.GetFederationResponse:
+        """Establish keys (the keyholder pins ``protocol_plan`` with them), then check that
+        the federation's model, layer map and plan are this participant's; returns the
+        federation as it stands after the key ceremony."""
+        self.establish_keys(federation, protocol_plan=protocol_plan)
+        federation = self.client.federation()
+        for key, mine in (("model_fingerprint", self.lm.fingerprint),
+                          ("layer_map_fingerprint", self.layer_fp)):
+            if getattr(federation, key) != mine:
+                raise ProtocolError(f"this participant's {key} differs from the federation's")
+        check_plan(mine=protocol_plan, federation=federation.protocol_plan)
+        return federation
+
+    def establish_keys(self, federation: pb.GetFederationResponse, *,
+                       protocol_plan: str) -> None:
+        """Announce, then create-and-seal (keyholder, pinning ``protocol_plan``) or
+        fetch-and-open the CKKS key."""
         cfg = self.config
         ctx_path = self.state_dir / "keys" / f"{cfg.federation_id}.ckks"
         private, public = self._x25519()
@@ -276,6 +308,7 @@ class Participant:
                 ckks_params_fingerprint=cfg.ckks.fingerprint(),
                 model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
                 sealed_keys=sealed, encrypted_secret_context=encrypted_context,
+                protocol_plan=protocol_plan,
             ))
         else:
             response = _poll("the keyholder's sealed key", self.client.fetch_sealed_key,
@@ -360,12 +393,7 @@ class Participant:
         if cfg.participant_id not in federation.roster:
             raise ProtocolError(f"{cfg.participant_id!r} is not in the federation's roster")
         start = time.perf_counter()
-        self.establish_keys(federation)
-        federation = self.client.federation()
-        for key, mine in (("model_fingerprint", self.lm.fingerprint),
-                          ("layer_map_fingerprint", self.layer_fp)):
-            if getattr(federation, key) != mine:
-                raise ProtocolError(f"this participant's {key} differs from the federation's")
+        federation = self.join(federation, protocol_plan=self.protocol_plan())
         timings["keys"] = time.perf_counter() - start
 
         cached = self.fetch_cached_task() if cfg.use_cached_task else None

@@ -4,7 +4,8 @@ Composes :class:`participant.federation.Participant` (same gRPC client, mutual T
 ceremony, ``secure_mean`` and privacy ledger as the context-vector path) and replaces its
 vector/calibration rounds with LoRA rounds:
 
-1. key ceremony (``Participant.establish_keys``), model and layer-map bindings checked;
+1. key ceremony (``Participant.join``): model, layer-map and protocol-plan bindings checked
+   (the plan is the LoRA settings);
 2. one common noise multiplier from the participant's ``(epsilon, delta)`` for the whole
    plan (``rounds x steps_per_round`` DP-SGD steps at rate ``batch_size / N``), composed
    with the ledger's earlier releases of the same records;
@@ -35,6 +36,7 @@ from .data import balanced_sample, load_split
 from .errors import ProtocolError
 from .federation import Participant, ParticipantReport
 from .lora import LocalLoraTrainer, LoraConfigSpec
+from .protocol_plan import canonical_plan
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +94,8 @@ class LoraParticipant:
         if cfg.participant_id not in federation.roster:
             raise ProtocolError(f"{cfg.participant_id!r} is not in the federation's roster")
         start = time.perf_counter()
-        part.establish_keys(federation)
-        federation = client.federation()
-        for key, mine in (("model_fingerprint", part.lm.fingerprint),
-                          ("layer_map_fingerprint", part.layer_fp)):
-            if getattr(federation, key) != mine:
-                raise ProtocolError(f"this participant's {key} differs from the federation's")
+        federation = part.join(federation, protocol_plan=canonical_plan(
+            {"protocol": "dp-fedavg-lora", "task": task.name, **asdict(lora)}))
         timings["keys"] = time.perf_counter() - start
 
         self.trainer = trainer = LocalLoraTrainer(

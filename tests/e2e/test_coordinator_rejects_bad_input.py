@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ceremony import client_for, contribution_header, key_ceremony
+from ceremony import (
+    PLAN,
+    announce_keys,
+    client_for,
+    contribution_header,
+    key_ceremony,
+    publish_request,
+)
 from participant.client import CoordinatorClient, TlsFiles
 from privacy import ckks, keyshare, payload
 from proto.fedctx.v1 import fedctx_pb2 as pb
@@ -121,6 +128,21 @@ def test_bad_contributions_are_rejected_and_the_round_goes_on(coordinator_factor
     health = health_pb2_grpc.HealthStub(clients["org1"].channel)
     assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
         health_pb2.HealthCheckResponse.SERVING
+
+
+def test_malformed_protocol_plans_are_refused_then_a_valid_one_is_served(coordinator_factory, pki) -> None:  # type: ignore[no-untyped-def]
+    server = coordinator_factory(roster=ROSTER)
+    clients, _ = announce_keys(pki, server.port, ROSTER)
+    request, _ = publish_request(pki, clients["org1"], "org1")
+    for plan, code in (("not json", grpc.StatusCode.INVALID_ARGUMENT),
+                       ("[1, 2]", grpc.StatusCode.INVALID_ARGUMENT),
+                       ('{"x": "' + "y" * 5000 + '"}', grpc.StatusCode.RESOURCE_EXHAUSTED)):
+        request.protocol_plan = plan
+        assert _code(lambda: clients["org1"].publish_keys(request)) == code
+        assert clients["org2"].federation().protocol_plan == ""  # nothing half-stored
+    request.protocol_plan = PLAN
+    clients["org1"].publish_keys(request)
+    assert clients["org3"].federation().protocol_plan == PLAN
 
 
 def test_peers_outside_the_roster_or_pki_are_refused(coordinator_factory, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]

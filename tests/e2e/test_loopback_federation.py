@@ -93,6 +93,32 @@ def test_two_participants_private_federation(
         assert ledger.count('"event": "commit"') == 3
 
 
+def test_a_participant_with_another_protocol_plan_is_refused_before_any_release(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    from participant.errors import ProtocolError
+    from participant.federation import Participant
+
+    server = coordinator_factory()
+    holder, other = (Participant(_participant_config(
+        pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data, vector_source=source))
+        for pid, source in (("org1", "private"), ("org2", "public")))
+    try:
+        joined = []
+        keyholder = threading.Thread(target=lambda: joined.append(
+            holder.join(holder.client.federation(), protocol_plan=holder.protocol_plan())))
+        keyholder.start()
+        with pytest.raises(ProtocolError, match="vector_source: 'public' here, 'private' in"):
+            other.join(other.client.federation(), protocol_plan=other.protocol_plan())
+        keyholder.join(timeout=60)
+        assert joined and joined[0].protocol_plan == holder.protocol_plan()
+        assert not list((tmp_path / "org2").glob("ledger/*.jsonl"))  # nothing released
+        assert server.aggregator.federation_info()["rounds"] == []
+    finally:
+        holder.close()
+        other.close()
+
+
 def test_finished_task_is_cached_and_reused_without_new_releases(
     coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
 ) -> None:

@@ -23,7 +23,7 @@ class GetFederationRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetFederationResponse(_message.Message):
-    __slots__ = ("federation_id", "roster", "keyholder_id", "quorum", "round_timeout_s", "ckks_context_fingerprint", "ckks_params_fingerprint", "model_fingerprint", "layer_map_fingerprint", "max_payload_bytes", "chunk_bytes", "protocol_version", "rounds")
+    __slots__ = ("federation_id", "roster", "keyholder_id", "quorum", "round_timeout_s", "ckks_context_fingerprint", "ckks_params_fingerprint", "model_fingerprint", "layer_map_fingerprint", "max_payload_bytes", "chunk_bytes", "protocol_version", "rounds", "protocol_plan")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
     KEYHOLDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class GetFederationResponse(_message.Message):
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_PLAN_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     roster: _containers.RepeatedScalarFieldContainer[str]
     keyholder_id: str
@@ -50,7 +51,8 @@ class GetFederationResponse(_message.Message):
     chunk_bytes: int
     protocol_version: str
     rounds: _containers.RepeatedCompositeFieldContainer[RoundSummary]
-    def __init__(self, federation_id: _Optional[str] = ..., roster: _Optional[_Iterable[str]] = ..., keyholder_id: _Optional[str] = ..., quorum: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., ckks_context_fingerprint: _Optional[str] = ..., ckks_params_fingerprint: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., protocol_version: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ...) -> None: ...
+    protocol_plan: str
+    def __init__(self, federation_id: _Optional[str] = ..., roster: _Optional[_Iterable[str]] = ..., keyholder_id: _Optional[str] = ..., quorum: _Optional[int] = ..., round_timeout_s: _Optional[float] = ..., ckks_context_fingerprint: _Optional[str] = ..., ckks_params_fingerprint: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., protocol_version: _Optional[str] = ..., rounds: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ..., protocol_plan: _Optional[str] = ...) -> None: ...
 
 class RoundSummary(_message.Message):
     __slots__ = ("round_id", "state", "contributions")
@@ -109,7 +111,7 @@ class SealedKey(_message.Message):
     def __init__(self, recipient_id: _Optional[str] = ..., sealed_secret_context: _Optional[bytes] = ...) -> None: ...
 
 class PublishKeysRequest(_message.Message):
-    __slots__ = ("federation_id", "public_context", "ckks_params_fingerprint", "model_fingerprint", "layer_map_fingerprint", "sealed_keys", "encrypted_secret_context")
+    __slots__ = ("federation_id", "public_context", "ckks_params_fingerprint", "model_fingerprint", "layer_map_fingerprint", "sealed_keys", "encrypted_secret_context", "protocol_plan")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CKKS_PARAMS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,7 @@ class PublishKeysRequest(_message.Message):
     LAYER_MAP_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     SEALED_KEYS_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTED_SECRET_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_PLAN_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     public_context: bytes
     ckks_params_fingerprint: str
@@ -124,7 +127,8 @@ class PublishKeysRequest(_message.Message):
     layer_map_fingerprint: str
     sealed_keys: _containers.RepeatedCompositeFieldContainer[SealedKey]
     encrypted_secret_context: bytes
-    def __init__(self, federation_id: _Optional[str] = ..., public_context: _Optional[bytes] = ..., ckks_params_fingerprint: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., sealed_keys: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ..., encrypted_secret_context: _Optional[bytes] = ...) -> None: ...
+    protocol_plan: str
+    def __init__(self, federation_id: _Optional[str] = ..., public_context: _Optional[bytes] = ..., ckks_params_fingerprint: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., sealed_keys: _Optional[_Iterable[_Union[SealedKey, _Mapping]]] = ..., encrypted_secret_context: _Optional[bytes] = ..., protocol_plan: _Optional[str] = ...) -> None: ...
 
 class PublishKeysResponse(_message.Message):
     __slots__ = ("ckks_context_fingerprint",)
