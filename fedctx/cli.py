@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps-per-round", type=int, default=12)
     p.add_argument("--test-per-class", type=int, default=40)
-    p.add_argument("--vector-source", default="private",
-                   choices=["private", "public", "random", "zero"])
+    p.add_argument("--vector-source", default="auto",
+                   choices=["auto", "private", "public", "random", "zero"],
+                   help="auto: the measured choice for the model under DP (public on "
+                        "smollm2-135m), else the demonstrations' private vector")
     p.add_argument("--dirichlet-alpha", type=float, default=0.0, help="0 = IID split")
     p.add_argument("--workdir", default="")
     p.set_defaults(func=_cmd_demo)

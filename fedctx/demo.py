@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from participant.config import resolve_vector_source
+
 from .provision import provision
 
 
@@ -36,7 +38,7 @@ class DemoOptions:
     demonstrations_per_class: int = 8
     max_calibration_records: int = 256
     test_per_class: int = 40
-    vector_source: str = "private"
+    vector_source: str = "auto"
     dirichlet_alpha: float = 0.0
     workdir: str = ""
     timeout_s: float = 1800.0
@@ -134,7 +136,10 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
                 stdout=(logs / f"{pid}.log").open("w"), stderr=subprocess.STDOUT, env=env,
             )
             print(f"  participant {pid} pid {processes[pid].pid}", file=out)
-        print("  running: keys -> vector round -> calibration rounds -> evaluation ...", file=out)
+        source = resolve_vector_source(options.vector_source, model=options.model,
+                                       private=not math.isinf(options.target_epsilon))
+        rounds = "vector round -> " if source == "private" else f"{source} vector, no vector round -> "
+        print(f"  running: keys -> {rounds}calibration rounds -> evaluation ...", file=out)
         start = time.monotonic()
         for pid, process in processes.items():
             remaining = max(1.0, options.timeout_s - (time.monotonic() - start))
@@ -162,9 +167,11 @@ def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -
     print(f"task {first['task']}: {scores['zero_shot']['n']} class-balanced test queries, "
           f"{len(reports)} participants, vector source {first['vector_source']}", file=out)
     print(f"{'method':<34}{'accuracy':>10}{'macro-F1':>10}", file=out)
+    vector = "federated vector" if first["vector_source"] == "private" else \
+        f"{first['vector_source']} vector"
     names = {"zero_shot": "zero-shot (no injection)",
-             "injected_uncalibrated": "federated vector, initial coeffs",
-             "injected_calibrated": "federated vector, calibrated"}
+             "injected_uncalibrated": f"{vector}, initial coeffs",
+             "injected_calibrated": f"{vector}, calibrated"}
     for key, label in names.items():
         s = scores[key]
         print(f"{label:<34}{100 * s['accuracy']:>9.1f}%{100 * s['macro_f1']:>9.1f}%", file=out)
@@ -176,6 +183,7 @@ def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -
     print(f"{'participant':<14}{'records':>9}{'demos':>7}{'epsilon spent':>15}{'bytes sent':>14}",
           file=out)
     for pid, r in reports.items():
-        print(f"{pid:<14}{r['records']:>9}{r['demonstrations']:>7}{r['epsilon_spent']:>15.3f}"
+        demos = r["demonstrations"] if r["vector_source"] == "private" else "-"  # unused else
+        print(f"{pid:<14}{r['records']:>9}{demos:>7}{r['epsilon_spent']:>15.3f}"
               f"{r['bytes_sent']:>14,}", file=out)
     print(f"\nfederation finished in {elapsed_s:.0f} s", file=out)

@@ -1,0 +1,35 @@
+"""Participant configuration: the vector source that ``auto`` resolves to."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from participant.config import ParticipantConfig, PrivacySettings
+from privacy.errors import ConfigError
+
+
+def _config(**overrides: object) -> ParticipantConfig:
+    files = Path("unused")
+    return ParticipantConfig(participant_id="org1", coordinator="127.0.0.1:1", tls_cert=files,
+                             tls_key=files, tls_ca=files, state_dir=files, federation_id="f",
+                             **overrides)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model, epsilon, expected", [
+    ("smollm2-135m", 8.0, "public"),      # measured: the private release buys nothing there
+    ("smollm2-135m", math.inf, "private"),  # without DP the paper's vector costs nothing
+    ("/models/some-llama", 8.0, "private"),  # unmeasured models get the paper's method
+])
+def test_auto_vector_source_is_resolved_per_model_and_privacy(
+        model: str, epsilon: float, expected: str) -> None:
+    config = _config(model=model, privacy=PrivacySettings(target_epsilon=epsilon))
+    assert config.vector_source == expected
+
+
+def test_an_explicit_vector_source_is_kept_and_a_wrong_one_refused() -> None:
+    assert _config(vector_source="private").vector_source == "private"
+    with pytest.raises(ConfigError, match="'auto' or one of"):
+        _config(vector_source="demonstrations")
