@@ -109,6 +109,12 @@ class LoraConfigSpec:
         return self.target_modules
 
 
+def _outputs_require_grad(_module: torch.nn.Module, _inputs: object,
+                          output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the module's output requires grad (the weights stay frozen)."""
+    return output.requires_grad_(True)
+
+
 def _has_lora(model: torch.nn.Module) -> bool:
     return any("lora_" in name for name, _ in model.named_parameters())
 
@@ -231,37 +237,50 @@ class LocalLoraTrainer:
         method = method or self.per_sample
         if not indices:
             return [torch.zeros(0, *p.shape) for p in self.params], float("nan")
+        if method == "opacus" and self.gsm is None:
+            from opacus import GradSampleModule  # noqa: PLC0415
+
+            self.gsm = GradSampleModule(self.lm.model, batch_first=True, loss_reduction="sum")
+        # The first layer's lora_A sees only frozen activations, and a full backward hook
+        # (Opacus's) on a module none of whose inputs require grad fires with a PyTorch
+        # warning, per thread, so no warnings filter silences it reliably. Marking the
+        # embeddings' output as requiring grad removes the cause (one small backward step).
+        handle = self.lm.model.get_input_embeddings().register_forward_hook(
+            _outputs_require_grad)
         self._train_mode(True)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # Opacus full-backward-hook note
-                if method == "opacus":
-                    if self.gsm is None:
-                        from opacus import GradSampleModule  # noqa: PLC0415
-
-                        self.gsm = GradSampleModule(self.lm.model, batch_first=True,
-                                                    loss_reduction="sum")
-                    for p in self.params:
-                        p.grad_sample = None  # type: ignore[attr-defined]
-                        p.grad = None
-                    loss = self._summed_loss(self.gsm, indices)
-                    loss.backward()
-                    grads = [p.grad_sample.detach().clone() for p in self.params]  # type: ignore[attr-defined]
-                    for p in self.params:
-                        p.grad_sample = None  # type: ignore[attr-defined]
-                        p.grad = None
-                    return grads, float(loss.detach()) / len(indices)
-                rows: list[list[torch.Tensor]] = []
-                total = 0.0
-                for i in indices:  # the honest slow path: one backward per record
-                    loss = self._summed_loss(self.lm.model, [i])
-                    rows.append([g.detach() for g in torch.autograd.grad(loss, self.params)])
-                    total += float(loss.detach())
-                for p in self.params:  # Opacus hooks, if attached, fire here too: discard
-                    p.grad_sample = None  # type: ignore[attr-defined]
-                return [torch.stack(col) for col in zip(*rows, strict=True)], total / len(indices)
+            if method == "opacus":
+                return self._opacus_per_sample_gradients(indices)
+            if self.gsm is not None:  # Opacus hooks would capture activations here: off
+                self.gsm.disable_hooks()
+            rows: list[list[torch.Tensor]] = []
+            total = 0.0
+            for i in indices:  # the honest slow path: one backward per record
+                loss = self._summed_loss(self.lm.model, [i])
+                rows.append([g.detach() for g in torch.autograd.grad(loss, self.params)])
+                total += float(loss.detach())
+            return [torch.stack(col) for col in zip(*rows, strict=True)], total / len(indices)
         finally:
+            handle.remove()
+            if self.gsm is not None:
+                self.gsm.enable_hooks()
             self._train_mode(False)
+
+    def _opacus_per_sample_gradients(self, indices: list[int]
+                                     ) -> tuple[list[torch.Tensor], float]:
+        assert self.gsm is not None
+        for p in self.params:
+            p.grad_sample = None  # type: ignore[attr-defined]
+            p.grad = None
+        try:
+            loss = self._summed_loss(self.gsm, indices)
+            loss.backward()
+            grads = [p.grad_sample.detach().clone() for p in self.params]  # type: ignore[attr-defined]
+        finally:
+            for p in self.params:
+                p.grad_sample = None  # type: ignore[attr-defined]
+                p.grad = None
+        return grads, float(loss.detach()) / len(indices)
 
     def _sample(self) -> list[int]:
         n = len(self.queries.texts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,14 @@ def test_per_record_clipping_bounds_each_contribution_and_noise_has_stated_std(
     assert sum(p.numel() for p in trainer.lm.model.parameters() if p.requires_grad) == trainer.size
 
     indices = [0, 1, 2, 3, 4]
-    grads, _ = trainer.per_sample_gradients(indices)  # Opacus GradSampleModule hooks
-    looped, _ = trainer.per_sample_gradients(indices, method="loop")  # one backward per record
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grads, _ = trainer.per_sample_gradients(indices)  # Opacus GradSampleModule hooks
+        looped, _ = trainer.per_sample_gradients(indices, method="loop")  # one backward each
+    # The first adapter's inputs require grad, so no "full backward hook" warning fires.
+    assert not [w for w in caught if "backward hook" in str(w.message)]
+    embeddings = trainer.lm.model.get_input_embeddings()
+    assert not embeddings._forward_hooks  # the require-grad hook is removed again
     for a, b in zip(grads, looped, strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     flat = torch.cat([g.reshape(len(indices), -1) for g in grads], dim=1)
