@@ -77,11 +77,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import ExperimentConfig, Harness
+    from .experiment import ExperimentConfig, Harness, describe, plan_runs
     from .report import load_rows, markdown, plot
 
     config = ExperimentConfig.from_toml(args.config)
     out = Path(args.out or f"runs/{config.name}")
+    if args.plan:
+        harness = Harness(config, out)
+        pending, cells = harness.pending(), len(plan_runs(config))
+        print(f"{args.config}: {cells} cells, {cells - len(pending)} done in "
+              f"{harness.results_file}, {len(pending)} to run, in this order:")
+        for number, spec in enumerate(pending, 1):
+            print(f"{number:4d}. {describe(spec)}")
+        return 0
     rows = Harness(config, out).run() if not args.report_only else load_rows(out / "results.jsonl")
     command = f"fedctx experiment --config {args.config} --out {out}"
     text = markdown(rows, command=command)
@@ -193,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML with an [experiment] table")
     p.add_argument("--out", default="", help="output folder (default runs/<name>)")
     p.add_argument("--report-only", action="store_true", help="only rebuild report and plots")
+    p.add_argument("--plan", action="store_true",
+                   help="list the cells still to run, in run order, and exit (loads nothing)")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("infer", help="classify texts with a calibrated task")

@@ -158,6 +158,24 @@ def _priority(spec: RunSpec) -> tuple[int, int]:
     return tier, 0
 
 
+def describe(spec: RunSpec) -> str:
+    """One line naming a cell, e.g. ``sst2 seed 1, 10 participants: fedctx public (eps=8)``."""
+    what = spec.method
+    if spec.method == METHODS_FEDERATED:
+        eps = "no DP" if math.isinf(spec.epsilon) else f"eps={spec.epsilon:g}"
+        extras = [eps]
+        if spec.vector_denoise != "none":
+            extras.append(spec.vector_denoise)
+        if spec.vector_clip_mode != "deviation":
+            extras.append(f"{spec.vector_clip_mode} clip")
+        what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
+    if spec.coefficient_groups:
+        what += f", {spec.coefficient_groups} coefficient groups"
+    alpha = f"Dirichlet {spec.dirichlet_alpha:g}" if spec.dirichlet_alpha else "IID"
+    return (f"{spec.task} seed {spec.seed}, {spec.participants} participants ({alpha}): "
+            f"{what}")
+
+
 @dataclass
 class Harness:
     """Runs a grid into ``out_dir``."""
@@ -184,14 +202,17 @@ class Harness:
             rows[row["run_key"]] = row
         return rows
 
+    def pending(self) -> list[RunSpec]:
+        """The cells not yet in the results file, in the order :meth:`run` takes them."""
+        done = self.finished()
+        return sorted((r for r in plan_runs(self.config) if r.key() not in done), key=_priority)
+
     def run(self, *, progress: bool = True) -> list[dict[str, object]]:
         """Run every unfinished cell; returns all rows."""
         from tqdm.auto import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        done = self.finished()
-        todo = sorted((r for r in plan_runs(self.config) if r.key() not in done), key=_priority)
-        for spec in tqdm(todo, desc="runs", disable=not progress):
+        for spec in tqdm(self.pending(), desc="runs", disable=not progress):
             start = time.perf_counter()
             try:
                 row = self._run_one(spec)

@@ -20,3 +20,32 @@ def test_coefficient_groups_axis_covers_fedctx_and_the_i2cl_baselines_only() -> 
     assert len({r.key() for r in new}) == len(new)  # every cell distinct
     fedctx_added = [(r.epsilon, r.vector_source) for r in added if r.method == "fedctx"]
     assert sorted(fedctx_added) == [(8.0, "private"), (math.inf, "private"), (math.inf, "zero")]
+
+
+def test_plan_lists_unfinished_cells_in_run_order_without_loading_anything(
+        tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from fedctx.cli import main
+    from fedctx.experiment import Harness, describe
+
+    config_file = tmp_path / "grid.toml"
+    config_file.write_text(
+        '[experiment]\nname = "g"\ntasks = ["sst2"]\nmodel = "no-such-model"\n'
+        'participants = [3]\nepsilons = [8.0]\nvector_sources = ["public"]\n'
+        'control_sources = []\nseeds = [0]\nbaselines = ["zero_shot"]\n')
+    config = ExperimentConfig.from_toml(str(config_file))
+    out = tmp_path / "out"
+    harness = Harness(config, out)
+    cells = harness.pending()
+    assert [c.method for c in cells] == ["zero_shot", "fedctx"]  # baselines first
+    assert describe(cells[1]) == (
+        "sst2 seed 0, 3 participants (Dirichlet 0.5): fedctx public (eps=8)")
+
+    out.mkdir()  # one cell finished: it leaves the plan, the other stays
+    harness.results_file.write_text(json.dumps({"run_key": cells[0].key()}) + "\n")
+    assert [c.key() for c in harness.pending()] == [cells[1].key()]
+    assert main(["experiment", "--config", str(config_file), "--out", str(out), "--plan"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 cells, 1 done" in printed and "1 to run" in printed
+    assert "1. " + describe(cells[1]) in printed and "zero_shot" not in printed
