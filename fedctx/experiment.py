@@ -159,7 +159,10 @@ def _priority(spec: RunSpec) -> tuple[int, int]:
 
 
 def describe(spec: RunSpec) -> str:
-    """One line naming a cell, e.g. ``sst2 seed 1, 10 participants: fedctx public (eps=8)``."""
+    """One line naming a cell.
+
+    E.g. ``sst2 seed 1, 10 participants (Dirichlet 0.5): fedctx public (eps=8)``.
+    """
     what = spec.method
     if spec.method == METHODS_FEDERATED:
         eps = "no DP" if math.isinf(spec.epsilon) else f"eps={spec.epsilon:g}"

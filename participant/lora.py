@@ -268,6 +268,7 @@ class LocalLoraTrainer:
 
     def _opacus_per_sample_gradients(self, indices: list[int]
                                      ) -> tuple[list[torch.Tensor], float]:
+        """One batched forward/backward through the GradSampleModule (summed loss)."""
         assert self.gsm is not None
         for p in self.params:
             p.grad_sample = None  # type: ignore[attr-defined]
