@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -67,7 +68,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, run_demo
 
     run_demo(DemoOptions(
-        participants=args.participants, task=args.task, model=args.model,
+        participants=args.participants, task=args.task, model=args.model, device=args.device,
         data_dir=args.data_dir, target_epsilon=args.epsilon, rounds=args.rounds,
         steps_per_round=args.steps_per_round, vector_source=args.vector_source,
         dirichlet_alpha=args.dirichlet_alpha, workdir=args.workdir,
@@ -81,6 +82,13 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from .report import load_rows, markdown, plot
 
     config = ExperimentConfig.from_toml(args.config)
+    if args.device:
+        config = dataclasses.replace(config, device=args.device)
+    if args.tasks:  # a subset, e.g. one task per process on a GPU; run keys are unchanged
+        unknown = sorted(set(args.tasks) - set(config.tasks))
+        if unknown:
+            raise FedCtxError(f"--tasks {unknown} not in {args.config}'s tasks {list(config.tasks)}")
+        config = dataclasses.replace(config, tasks=tuple(args.tasks))
     out = Path(args.out or f"runs/{config.name}")
     if args.plan:
         harness = Harness(config, out)
@@ -111,7 +119,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     saved = torch.load(args.calibrated, weights_only=True)
     task = load_task(args.task or saved["task"])
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device)
     sites = resolve_layer_sites(lm.model)
     if saved["model_fingerprint"] != lm.fingerprint or saved["layer_map"] != layer_map_fingerprint(sites):
         raise FedCtxError("the calibrated task was made for another model or layer map")
@@ -184,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participants", type=int, default=3)
     p.add_argument("--task", default="bbc", help="built-in task name or task .toml")
     p.add_argument("--model", default="smollm2-135m", help="alias, folder, .gguf or HF id")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N, mps")
     p.add_argument("--data-dir", default="", help="folder with train/test .jsonl or .csv")
     p.add_argument("--epsilon", type=float, default=8.0, help="per-participant budget; inf = off")
     p.add_argument("--rounds", type=int, default=4)
@@ -201,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML with an [experiment] table")
     p.add_argument("--out", default="", help="output folder (default runs/<name>)")
     p.add_argument("--report-only", action="store_true", help="only rebuild report and plots")
+    p.add_argument("--device", default="", help="override the config's device (cpu, cuda...)")
+    p.add_argument("--tasks", nargs="+", default=[], help="run only these of the config's tasks")
     p.add_argument("--plan", action="store_true",
                    help="list the cells still to run, in run order, and exit (loads nothing)")
     p.set_defaults(func=_cmd_experiment)
@@ -208,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="classify texts with a calibrated task")
     p.add_argument("--calibrated", required=True, help="*-calibrated.pt from a participant")
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--task", default="")
     p.add_argument("text", nargs="*", help="texts (or one per line on stdin)")
     p.set_defaults(func=_cmd_infer)

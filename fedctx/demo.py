@@ -29,6 +29,7 @@ class DemoOptions:
     participants: int = 3
     task: str = "bbc"
     model: str = "smollm2-135m"
+    device: str = "cpu"
     data_dir: str = ""
     target_epsilon: float = 8.0
     delta: float = 1e-5
@@ -116,7 +117,8 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
                     "participant_id": pid, "coordinator": f"127.0.0.1:{port}",
                     "tls_cert": str(cert), "tls_key": str(key), "tls_ca": str(pki.ca_cert),
                     "state_dir": str(work / pid), "federation_id": federation_id,
-                    "task": options.task, "model": options.model, "data_dir": options.data_dir,
+                    "task": options.task, "model": options.model, "device": options.device,
+                    "data_dir": options.data_dir,
                     "partition_index": index, "num_partitions": options.participants,
                     "dirichlet_alpha": options.dirichlet_alpha,
                     "vector_source": options.vector_source,

@@ -40,6 +40,14 @@ class ExperimentConfig:
     tasks: tuple[str, ...] = ("sst2", "subj", "agnews", "trec")
     data_root: str = "../shared/data"
     model: str = "smollm2-135m"
+    #: Where the model runs (``cpu``, ``cuda``...): not part of a run's key; every row
+    #: records it.
+    device: str = "cpu"
+    #: ``test`` (the task's test split, the reported numbers) or ``validation``: a
+    #: class-balanced slice of ``test_per_class`` records per class held out of the train
+    #: split before partitioning (disjoint from every participant's records), for choosing
+    #: settings without looking at the test split. Rows record it.
+    evaluation_split: str = "test"
     participants: tuple[int, ...] = (10,)
     dirichlet_alpha: tuple[float, ...] = (0.5,)
     epsilons: tuple[float, ...] = (math.inf, 8.0, 1.0)
@@ -81,6 +89,8 @@ class ExperimentConfig:
         unknown = set(table) - set(known)
         if unknown:
             raise ConfigError(f"{path}: unknown experiment keys {sorted(unknown)}")
+        if table.get("evaluation_split", "test") not in ("test", "validation"):
+            raise ConfigError(f"{path}: evaluation_split must be 'test' or 'validation'")
         for key, value in list(table.items()):
             if isinstance(value, list):
                 table[key] = tuple(float(v) if key in ("epsilons",) else v for v in value)
@@ -139,6 +149,13 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
             runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
                                 config.controls_at_epsilon, source, coefficient_groups=groups))
     return runs
+
+
+def _write_records(path: Path, task, examples) -> None:  # type: ignore[no-untyped-def]
+    """``{"text", "label"}`` JSONL that ``participant.data.read_records`` reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n"
+                            for e in examples))
 
 
 def _priority(spec: RunSpec) -> tuple[int, int]:
@@ -226,7 +243,8 @@ class Harness:
                     handle.write(json.dumps(failure) + "\n")
                 continue
             row.update(asdict(spec), run_key=spec.key(), wall_s=time.perf_counter() - start,
-                       model=self.config.model)
+                       model=self.config.model, device=self.config.device,
+                       evaluation_split=self.config.evaluation_split)
             with self.results_file.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
         return list(self.finished().values())
@@ -237,7 +255,7 @@ class Harness:
             from participant.layers import resolve_layer_sites
             from participant.model import load_model
 
-            lm = load_model(self.config.model)
+            lm = load_model(self.config.model, device=self.config.device)
             self._cache["lm"] = (lm, resolve_layer_sites(lm.model))
         return self._cache["lm"]
 
@@ -249,14 +267,21 @@ class Harness:
         if key not in self._cache:
             task = load_task(spec.task)
             data_dir = str(Path(self.config.data_root) / spec.task)
-            train = load_split(task, "train", data_dir=data_dir if Path(data_dir).exists() else None)
-            test_all = load_split(task, "test", data_dir=data_dir if Path(data_dir).exists() else None)
+            local = data_dir if Path(data_dir).exists() else None
+            train = load_split(task, "train", data_dir=local)
+            if self.config.evaluation_split == "validation":
+                test = balanced_sample(train, per_class=self.config.test_per_class,
+                                       num_classes=len(task.labels), seed=2000 + spec.seed)
+                held_out = {id(e) for e in test}
+                train = [e for e in train if id(e) not in held_out]
+            else:
+                test = balanced_sample(load_split(task, "test", data_dir=local),
+                                       per_class=self.config.test_per_class,
+                                       num_classes=len(task.labels), seed=1000 + spec.seed)
             parts = partition(train, num_parts=spec.participants, seed=spec.seed,
                               dirichlet_alpha=spec.dirichlet_alpha or None,
                               num_classes=len(task.labels))
             parts = [p[: self.config.records_per_participant] for p in parts]
-            test = balanced_sample(test_all, per_class=self.config.test_per_class,
-                                   num_classes=len(task.labels), seed=1000 + spec.seed)
             self._cache[key] = (task, parts, test, data_dir)
         return self._cache[key]
 
@@ -356,7 +381,7 @@ class Harness:
 
         from .provision import provision
 
-        task, parts, _, data_dir = self._splits(spec)
+        task, parts, test, data_dir = self._splits(spec)
         run_dir = self.out_dir / "runs" / spec.key()
         # A cell killed mid-run left its coordinator state and ledgers (with reservations)
         # behind; the re-run starts from nothing rather than inherit a half-spent budget.
@@ -372,22 +397,25 @@ class Harness:
         reports: dict[str, object] = {}
         errors: list[BaseException] = []
         torch.set_num_threads(1)
+        test_file = ""
+        if self.config.evaluation_split == "validation":
+            test_file = str(run_dir / "data" / "validation.jsonl")
+            _write_records(Path(test_file), task, test)
 
         def run(index: int) -> None:
             pid = ids[index]
             data_file = run_dir / "data" / f"{pid}.jsonl"
-            data_file.parent.mkdir(parents=True, exist_ok=True)
-            data_file.write_text("".join(
-                json.dumps({"text": e.text, "label": task.labels[e.label]}) + "\n"
-                for e in parts[index]))
+            _write_records(data_file, task, parts[index])
             cert, key = pki.participants[pid]
             base = {
                 "participant_id": pid, "coordinator": f"127.0.0.1:{server.port}",
                 "tls_cert": cert, "tls_key": key, "tls_ca": pki.ca_cert,
                 "state_dir": run_dir / pid, "federation_id": federation_id, "task": spec.task,
-                "model": self.config.model, "data_file": str(data_file), "data_dir": data_dir,
+                "model": self.config.model, "device": self.config.device,
+                "data_file": str(data_file), "data_dir": data_dir,
                 "max_calibration_records": self.config.records_per_participant,
                 "evaluate": index == 0, "test_per_class": self.config.test_per_class,
+                "test_file": test_file,
                 "seed": 1000 * spec.seed + index, "test_seed": 1000 + spec.seed,
             }
             try:

@@ -148,7 +148,7 @@ class EncodedQueries:
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(input_ids [B, T], attention_mask [B, T], last positions [B])``."""
-        enc = self.lm.tokenizer([self.texts[i] for i in indices], return_tensors="pt", padding=True)
+        enc = self.lm.encode([self.texts[i] for i in indices], padding=True)
         return enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(1) - 1
 
 
@@ -165,6 +165,9 @@ class LocalCalibrator:
             ``G = config.trained_rows(L)`` (expand with :func:`per_layer`).
         noise_multiplier: DP-SGD noise multiplier; 0 disables DP (no clipping either).
         seed: seeds batch sampling and calibration noise.
+
+    The coefficients, their gradients and the optimiser live on the CPU whatever the
+    model's device (they are 4G values); the hooks move them to the activations.
     """
 
     def __init__(
@@ -180,6 +183,9 @@ class LocalCalibrator:
         self.coefficients = torch.nn.Parameter(
             default_coefficients(config.trained_rows(sites.num_layers)))
         self.generator = torch.Generator().manual_seed(seed)
+        # Calibration noise is drawn where the activations are (one stream on a CPU).
+        self.noise_generator = self.generator if lm.device.type == "cpu" else \
+            torch.Generator(device=lm.device).manual_seed(seed)
         base = torch.optim.AdamW(
             [self.coefficients], lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -222,16 +228,16 @@ class LocalCalibrator:
         with inject_context(
             self.lm.model, self.sites, vector=self.vector,
             coefficients=per_layer(per_row, self.sites.num_layers),
-            noise_scale=self.config.calibration_noise, generator=self.generator,
+            noise_scale=self.config.calibration_noise, generator=self.noise_generator,
         ):
             final = last_token_logits(self.lm.model, input_ids, mask, last)
-        labels = self.queries.labels[indices]
+        labels = self.queries.labels[indices].to(final.device)
+        label_token_ids = self.queries.label_token_ids.to(final.device)
         if self.config.loss == "label_words":
-            loss = F.cross_entropy(final[:, self.queries.label_token_ids], labels, reduction="sum")
+            loss = F.cross_entropy(final[:, label_token_ids], labels, reduction="sum")
         else:
-            targets = self.queries.label_token_ids[labels]
-            loss = F.cross_entropy(final, targets, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, per_row)
+            loss = F.cross_entropy(final, label_token_ids[labels], reduction="sum")
+        (grad,) = torch.autograd.grad(loss, per_row)  # on the CPU, like the coefficients
         return grad.detach(), float(loss.detach())
 
     def run_round(self, start: torch.Tensor) -> torch.Tensor:

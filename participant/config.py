@@ -99,6 +99,7 @@ class ParticipantConfig:
     task: str = "bbc"
     model: str = "smollm2-135m"
     dtype: str = "float32"
+    device: str = "cpu"
     data_file: str = ""
     data_dir: str = ""
     partition_index: int = 0
@@ -111,6 +112,9 @@ class ParticipantConfig:
     max_calibration_records: int = 256
     evaluate: bool = True
     test_per_class: int = 40
+    #: labelled JSONL/CSV file to evaluate on instead of the task's test split (e.g. a
+    #: validation slice held out of the training data); empty = the test split
+    test_file: str = ""
     seed: int = 0
     test_seed: int = -1
     batch_size: int = 16

@@ -35,7 +35,7 @@ def last_token_activations(
     batches = range(0, len(texts), batch_size)
     for start in tqdm(batches, desc=description, disable=not progress, leave=False):
         chunk = texts[start : start + batch_size]
-        encoded = lm.tokenizer(chunk, return_tensors="pt", padding=True)
+        encoded = lm.encode(chunk, padding=True)
         positions = encoded["attention_mask"].sum(dim=1) - 1
         with torch.no_grad(), capture_activations(lm.model, sites, positions=positions) as store:
             lm.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])

@@ -41,7 +41,7 @@ def predict(
     for start in tqdm(range(0, len(texts), batch_size), disable=not progress, leave=False,
                       desc="predict"):
         prompts = [task.query(t) for t in texts[start : start + batch_size]]
-        enc = lm.tokenizer(prompts, return_tensors="pt", padding=True)
+        enc = lm.encode(prompts, padding=True)
         last = enc["attention_mask"].sum(1) - 1
         hooks = (
             inject_context(lm.model, sites, vector=vector, coefficients=coefficients)
@@ -49,7 +49,7 @@ def predict(
         )
         with torch.no_grad(), hooks:
             final = last_token_logits(lm.model, enc["input_ids"], enc["attention_mask"], last)
-        scores = final[:, label_ids]
+        scores = final[:, label_ids.to(final.device)]
         predictions += scores.argmax(dim=-1).tolist()
     return predictions
 
@@ -92,15 +92,15 @@ def few_shot_predict(
     """
     label_ids = torch.tensor(task.label_token_ids(lm.tokenizer), dtype=torch.long)
     prefix = "".join(task.demonstration(e.text, e.label) for e in demonstrations)
-    encoded = lm.tokenizer(prefix, return_tensors="pt")
+    encoded = lm.encode(prefix)
     predictions = []
     with torch.no_grad():
         out = lm.model(**encoded, use_cache=True)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         prefix_len = encoded["input_ids"].shape[1]
         for text in tqdm(texts, disable=not progress, leave=False, desc="few-shot"):
-            query = lm.tokenizer(task.query(text), return_tensors="pt", add_special_tokens=False)
+            query = lm.encode(task.query(text), add_special_tokens=False)
             logits = lm.model(input_ids=query["input_ids"], cache=cache, use_cache=True).logits
             cache.crop(-(cache.get_seq_length() - prefix_len))
-            predictions.append(int(logits[0, -1, label_ids].argmax()))
+            predictions.append(int(logits[0, -1, label_ids.to(logits.device)].argmax()))
     return predictions

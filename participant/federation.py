@@ -147,7 +147,7 @@ class Participant:
         self.compute_slot = compute_slot or nullcontext()
         self.task = load_task(config.task)
         with self.compute_slot:
-            self.lm = load_model(config.model, dtype=config.dtype)
+            self.lm = load_model(config.model, dtype=config.dtype, device=config.device)
         self.sites = resolve_layer_sites(self.lm.model)
         self.layer_fp = layer_map_fingerprint(self.sites)
         self.records = _local_records(config, len(self.task.labels))[: config.max_calibration_records]
@@ -567,7 +567,9 @@ class Participant:
                 coefficients: torch.Tensor, timings: dict[str, float]) -> None:
         cfg, task = self.config, self.task
         if cfg.evaluate:
-            test = balanced_sample(load_split(task, "test", data_dir=cfg.data_dir or None),
+            labelled = read_records(Path(cfg.test_file), task) if cfg.test_file else \
+                load_split(task, "test", data_dir=cfg.data_dir or None)
+            test = balanced_sample(labelled,
                                    per_class=cfg.test_per_class, num_classes=len(task.labels),
                                    seed=cfg.test_seed if cfg.test_seed >= 0 else 1000 + cfg.seed)
             start = time.perf_counter()

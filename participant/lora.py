@@ -194,15 +194,17 @@ class LocalLoraTrainer:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in zip(self.names, self.params, strict=True):
-                if ".lora_A." in name:
-                    torch.nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=generator)
+                if ".lora_A." in name:  # drawn on the CPU: the same weights on any device
+                    weights = torch.empty(p.shape, dtype=p.dtype)
+                    torch.nn.init.kaiming_uniform_(weights, a=math.sqrt(5), generator=generator)
+                    p.copy_(weights)
                 else:
                     p.zero_()
 
     # -- the adapter as one flat vector ------------------------------------------------
     def flat_adapter(self) -> np.ndarray:
         """All adapter weights, in the model's parameter order, as float64 ``[size]``."""
-        return torch.cat([p.detach().reshape(-1) for p in self.params]).double().numpy()
+        return torch.cat([p.detach().reshape(-1).cpu() for p in self.params]).double().numpy()
 
     def load_flat_adapter(self, values: np.ndarray) -> None:
         """Set every adapter weight from a flat vector made by :meth:`flat_adapter`."""
@@ -213,17 +215,18 @@ class LocalLoraTrainer:
         with torch.no_grad():
             for p in self.params:
                 n = p.numel()
-                p.copy_(flat[offset : offset + n].reshape(p.shape).to(p.dtype))
+                p.copy_(flat[offset : offset + n].reshape(p.shape).to(device=p.device, dtype=p.dtype))
                 offset += n
 
     # -- forward and per-record gradients ----------------------------------------------
     def _summed_loss(self, model: torch.nn.Module, indices: list[int]) -> torch.Tensor:
         input_ids, mask, last = self.queries.batch(indices)
         final = last_token_logits(model, input_ids, mask, last)
-        labels = self.queries.labels[indices]
+        labels = self.queries.labels[indices].to(final.device)
+        label_token_ids = self.queries.label_token_ids.to(final.device)
         if self.config.loss == "label_words":
-            return F.cross_entropy(final[:, self.queries.label_token_ids], labels, reduction="sum")
-        return F.cross_entropy(final, self.queries.label_token_ids[labels], reduction="sum")
+            return F.cross_entropy(final[:, label_token_ids], labels, reduction="sum")
+        return F.cross_entropy(final, label_token_ids[labels], reduction="sum")
 
     def _train_mode(self, on: bool) -> None:
         # Only the adapters: Opacus captures activations of modules in training mode, and
@@ -348,12 +351,12 @@ class LocalLoraTrainer:
         predictions: list[int] = []
         for start in range(0, len(texts), batch_size):
             prompts = [self.task.query(t) for t in texts[start : start + batch_size]]
-            enc = self.lm.tokenizer(prompts, return_tensors="pt", padding=True)
+            enc = self.lm.encode(prompts, padding=True)
             last = enc["attention_mask"].sum(1) - 1
             with torch.no_grad():
                 final = last_token_logits(self.lm.model, enc["input_ids"],
                                           enc["attention_mask"], last)
-            predictions += final[:, label_ids].argmax(dim=-1).tolist()
+            predictions += final[:, label_ids.to(final.device)].argmax(dim=-1).tolist()
         return predictions
 
     def evaluate(self, examples: list[Example], *, batch_size: int = 16) -> Scores:

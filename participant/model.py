@@ -46,6 +46,16 @@ class LoadedModel:
     fingerprint: str
     source: str
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights (and so every input) live."""
+        return next(self.model.parameters()).device
+
+    def encode(self, texts: str | list[str], **kwargs: object) -> dict[str, torch.Tensor]:
+        """Tokenise to PyTorch tensors on :attr:`device` (``kwargs`` go to the tokenizer)."""
+        encoded = self.tokenizer(texts, return_tensors="pt", **kwargs)
+        return {name: tensor.to(self.device) for name, tensor in encoded.items()}
+
 
 def cache_root() -> Path:
     """``$FEDCTX_CACHE`` or ``~/.cache/fedctx``."""
@@ -116,8 +126,27 @@ def weights_fingerprint(folder: Path) -> str:
     return _file_digest(files)
 
 
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device this machine has, else a clear error."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from exc
+    if resolved.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= available:
+            raise ModelLoadError(f"device {device!r} asked for, but this machine has "
+                                 f"{available} CUDA device(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' asked for, but MPS is not available here")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
+    return resolved
+
+
 def load_model(
-    ref: str = DEFAULT_MODEL, *, dtype: str = "float32", revision: str | None = None
+    ref: str = DEFAULT_MODEL, *, dtype: str = "float32", device: str = "cpu",
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load a frozen causal LM.
 
@@ -125,12 +154,17 @@ def load_model(
         ref: ``smollm2-135m`` (packaged default), a local folder, a ``.gguf`` file, or a
             Hugging Face model id (downloaded by transformers when the network allows).
         dtype: ``float32`` (the reference code's choice), ``bfloat16`` or ``float16``.
+        device: where the weights live (``cpu``, ``cuda``, ``cuda:N``, ``mps``); inputs
+            follow via :meth:`LoadedModel.encode`. Context vectors, coefficients and
+            everything released stay on the CPU.
         revision: Hugging Face revision (commit) to pin.
     """
     if dtype not in _DTYPES:
         raise ModelLoadError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    target = resolve_device(device)
     with _LOAD_LOCK:
         loaded = _load(ref, dtype=dtype, revision=revision)
+        loaded.model.to(target)
     _check_weights(loaded.model, ref)
     return loaded
 
@@ -193,7 +227,8 @@ def last_token_logits(model: torch.nn.Module, input_ids: torch.Tensor,
     instead of ``[B, T, V]`` (49,152 x T floats a row on SmolLM2), which dominates memory
     and the backward pass for long texts.
     """
-    rows = torch.arange(len(last))
+    last = last.to(input_ids.device)
+    rows = torch.arange(len(last), device=input_ids.device)
     wrapped = getattr(model, "_module", model)  # Opacus's GradSampleModule forwards kwargs
     if "logits_to_keep" in inspect.signature(wrapped.forward).parameters:
         keep, column = torch.unique(last, return_inverse=True)

@@ -605,7 +605,7 @@ def encrypt_secret_context(
 ) -> tuple[bytes, bytes]:
     """Encrypt a (large) secret context once under a fresh 32-byte data key.
 
-    The keyholder publishes the returned blob once and :func:`seal`\ s only the data
+    The keyholder publishes the returned blob once and seals (:func:`seal`) only the data
     key to each recipient, so publishing costs O(size + 32 x recipients) rather than
     O(size x recipients). The AEAD binds the federation and the context fingerprint.
 

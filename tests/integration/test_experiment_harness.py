@@ -60,3 +60,38 @@ def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, sha
     table = markdown([json.loads(line) for line in before.splitlines()])
     assert "fedctx private (eps=4)" in table and "zero_shot" in table
     assert "fedctx private (eps=4, James-Stein)" in table
+
+
+def test_validation_split_is_held_out_of_the_training_records(
+    tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    """``evaluation_split = "validation"`` scores every method on records held out of the
+    train split (never the test split), disjoint from every participant's records."""
+    from fedctx.experiment import ExperimentConfig, Harness, plan_runs
+    from participant.data import load_split
+    from participant.tasks import load_task
+
+    config = ExperimentConfig(
+        name="tiny-val", tasks=("sst2",), data_root=str(shared_data), model=str(tiny_llama_dir),
+        evaluation_split="validation", participants=(2,), dirichlet_alpha=(0.5,),
+        epsilons=(math.inf,), vector_sources=("public",), control_sources=(), seeds=(0,),
+        demonstrations_per_class=2, records_per_participant=12, rounds=1, steps_per_round=1,
+        batch_size=4, test_per_class=3, baselines=("zero_shot",),
+    )
+    harness = Harness(config, tmp_path / "out")
+    spec = plan_runs(config)[0]
+    _, parts, held_out, _ = harness._splits(spec)
+    test_texts = {e.text for e in load_split(load_task("sst2"), "test",
+                                             data_dir=str(shared_data / "sst2"))}
+    held_texts = {e.text for e in held_out}
+    assert len(held_out) == 6 and sorted(e.label for e in held_out) == [0, 0, 0, 1, 1, 1]
+    assert not held_texts & test_texts
+    assert not held_texts & {e.text for part in parts for e in part}
+    rows = harness.run(progress=False)
+    assert len(rows) == 2 and not (tmp_path / "out" / "failures.jsonl").exists()
+    for row in rows:  # the federated participant scored the same held-out file
+        assert row["evaluation_split"] == "validation" and row["n_test"] == 6
+        assert row["device"] == "cpu"
+    with pytest.raises(Exception, match="evaluation_split"):
+        (tmp_path / "bad.toml").write_text('[experiment]\nname = "x"\nevaluation_split = "dev"\n')
+        ExperimentConfig.from_toml(tmp_path / "bad.toml")

@@ -49,3 +49,25 @@ def test_plan_lists_unfinished_cells_in_run_order_without_loading_anything(
     printed = capsys.readouterr().out
     assert "2 cells, 1 done" in printed and "1 to run" in printed
     assert "1. " + describe(cells[1]) in printed and "zero_shot" not in printed
+
+
+def test_tasks_flag_runs_a_subset_with_the_same_run_keys(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--tasks`` splits one grid over processes (e.g. on a GPU) without renaming cells;
+    a task the config does not list is a clear error."""
+    from fedctx.cli import main
+    from fedctx.experiment import Harness, describe
+
+    config_file = tmp_path / "grid.toml"
+    config_file.write_text(
+        '[experiment]\nname = "g"\ntasks = ["sst2", "trec"]\nmodel = "no-such-model"\n'
+        'participants = [3]\nepsilons = [8.0]\nvector_sources = ["public"]\n'
+        'control_sources = []\nseeds = [0]\nbaselines = ["zero_shot"]\n')
+    full = Harness(ExperimentConfig.from_toml(str(config_file)), tmp_path / "out").pending()
+    assert main(["experiment", "--config", str(config_file), "--out", str(tmp_path / "out"),
+                 "--plan", "--tasks", "trec", "--device", "cuda"]) == 0
+    printed = capsys.readouterr().out
+    trec = [c for c in full if c.task == "trec"]
+    assert "2 cells, 0 done" in printed and "sst2" not in printed
+    assert all(f"{n}. {describe(c)}" in printed for n, c in enumerate(trec, 1))
+    assert main(["experiment", "--config", str(config_file), "--plan", "--tasks", "agnews"]) == 2
+    assert "not in" in capsys.readouterr().err
