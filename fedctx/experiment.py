@@ -158,6 +158,14 @@ def _write_records(path: Path, task, examples) -> None:  # type: ignore[no-untyp
                             for e in examples))
 
 
+def _noise_range(reports: dict[str, object]) -> list[float]:
+    """``[min, max]`` DP-SGD noise multiplier over a cell's participants: with a label-skewed
+    split a participant with fewer records samples a larger fraction per step and needs
+    more noise for the same epsilon (``noise_multiplier`` is participant 0's)."""
+    values = [float(r.noise_multiplier) for r in reports.values()]  # type: ignore[attr-defined]
+    return [min(values), max(values)]
+
+
 def _priority(spec: RunSpec) -> tuple[int, int]:
     """Run order: the cells that answer the main questions on every task come first, so a
     sweep cut short still covers all tasks (stable within a tier: the plan's order)."""
@@ -464,6 +472,7 @@ class Harness:
             "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],
             "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]
             "noise_multiplier": first.noise_multiplier,  # type: ignore[attr-defined]
+            "noise_multiplier_range": _noise_range(reports),
             "bytes_sent_per_participant": statistics.mean(
                 r.bytes_sent for r in reports.values()),  # type: ignore[attr-defined]
             "bytes_per_round": statistics.mean(r["bytes_sent"] for r in rounds),
@@ -514,6 +523,7 @@ class Harness:
             "uncalibrated_accuracy": first.scores["injected_uncalibrated"]["accuracy"],  # type: ignore[attr-defined]
             "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]
             "noise_multiplier": first.noise_multiplier,  # type: ignore[attr-defined]
+            "noise_multiplier_range": _noise_range(reports),
             "bytes_sent_per_participant": statistics.mean(
                 r.bytes_sent for r in reports.values()),  # type: ignore[attr-defined]
             "client_seconds": first.seconds,  # type: ignore[attr-defined]

@@ -187,9 +187,18 @@ def calibration_table(rows: list[dict[str, object]]) -> str:
             f"| {100 * float(r['uncalibrated_accuracy']):.1f} "  # type: ignore[arg-type]
             f"| {100 * float(r['accuracy']):.1f} "  # type: ignore[arg-type]
             f"| {'∞' if math.isinf(spent) else f'{spent:.3f}'} "
-            f"| {float(r.get('noise_multiplier', 0.0)):.3f} "  # type: ignore[arg-type]
+            f"| {_noise_cell(r)} "
             f"| {shrink_cell} |")
     return "\n".join(lines) + "\n"
+
+
+def _noise_cell(row: dict[str, object]) -> str:
+    """Participant 0's noise multiplier, with the participants' range where they differ."""
+    cell = f"{float(row.get('noise_multiplier', 0.0)):.3f}"  # type: ignore[arg-type]
+    low, high = row.get("noise_multiplier_range") or (None, None)  # type: ignore[misc]
+    if low is not None and f"{float(low):.3f}" != f"{float(high):.3f}":
+        cell += f" ({float(low):.3f}-{float(high):.3f})"
+    return cell
 
 
 def cost_table(rows: list[dict[str, object]]) -> str:

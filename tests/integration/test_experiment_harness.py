@@ -34,6 +34,8 @@ def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, sha
     assert denoised["epsilon"] == 4.0 and denoised["epsilon_spent"] <= 4.0 + 1e-6
     assert 0 <= denoised["vector_shrinkage"]["min"] <= denoised["vector_shrinkage"]["max"] <= 1
     assert 0 < private["epsilon_spent"] <= 4.0 + 1e-6
+    low, high = private["noise_multiplier_range"]
+    assert 0 < low <= private["noise_multiplier"] <= high
     assert private["bytes_sent_per_participant"] > 0
     # vector round + 1 calibration round, with per-round upload and compute figures
     assert private["rounds_released"] == 2 and private["client_seconds_per_round"] > 0

@@ -97,3 +97,15 @@ def test_mean_over_tasks_and_paired_gaps_seed_by_seed() -> None:
         "| fedctx private (no DP) | 85.0 | 60.0 | 72.5 |" in f1
     # without the reference there is no gap table
     assert "Paired with" not in markdown([r for r in rows if r["vector_source"] == "public"])
+
+
+def test_noise_multiplier_cell_shows_the_participants_range_where_they_differ() -> None:
+    rows = [_row("fedctx", 0.8, source="public", epsilon=8.0, epsilon_spent=7.99,
+                 uncalibrated_accuracy=0.7, noise_multiplier=0.594,
+                 noise_multiplier_range=[0.594, 1.046]),
+            _row("fedctx", 0.8, source="public", epsilon=1.0, epsilon_spent=0.99,
+                 uncalibrated_accuracy=0.7, noise_multiplier=1.479,
+                 noise_multiplier_range=[1.479, 1.479])]
+    text = markdown(rows)
+    assert "| 7.990 | 0.594 (0.594-1.046) |" in text
+    assert "| 0.990 | 1.479 |" in text
