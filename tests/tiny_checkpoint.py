@@ -39,3 +39,17 @@ def save_tiny_llama(folder: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def load_tiny_sst2(folder: Path, shared_data: Path, *, n: int = 6, device: str = "cpu",
+                   dtype: str = "float32"):  # type: ignore[no-untyped-def]
+    """``(LoadedModel, layer sites, sst2 task, first n sst2 train records)`` on ``device``."""
+    from participant.data import load_split
+    from participant.layers import resolve_layer_sites
+    from participant.model import load_model
+    from participant.tasks import load_task
+
+    lm = load_model(str(folder), device=device, dtype=dtype)
+    task = load_task("sst2")
+    records = load_split(task, "train", data_dir=str(shared_data / "sst2"))[:n]
+    return lm, resolve_layer_sites(lm.model), task, records

@@ -21,15 +21,9 @@ pytestmark = [
 
 def _setup(tiny_llama_dir: Path, shared_data: Path, *, device: str, dtype: str = "float32",
            n: int = 8):  # type: ignore[no-untyped-def]
-    from participant.data import load_split
-    from participant.layers import resolve_layer_sites
-    from participant.model import load_model
-    from participant.tasks import load_task
+    from tiny_checkpoint import load_tiny_sst2
 
-    lm = load_model(str(tiny_llama_dir), device=device, dtype=dtype)
-    task = load_task("sst2")
-    records = load_split(task, "train", data_dir=str(shared_data / "sst2"))[:n]
-    return lm, resolve_layer_sites(lm.model), task, records
+    return load_tiny_sst2(tiny_llama_dir, shared_data, n=n, device=device, dtype=dtype)
 
 
 def test_cuda_float32_gives_the_cpus_predictions_activations_and_gradients(

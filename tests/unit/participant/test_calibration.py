@@ -75,15 +75,9 @@ def test_a_shared_row_gets_the_sum_of_its_layers_per_record_gradients(
 
 
 def _tiny(tiny_llama_dir: Path, shared_data: Path, n: int = 6):  # type: ignore[no-untyped-def]
-    from participant.data import load_split
-    from participant.layers import resolve_layer_sites
-    from participant.model import load_model
-    from participant.tasks import load_task
+    from tiny_checkpoint import load_tiny_sst2
 
-    lm = load_model(str(tiny_llama_dir))
-    task = load_task("sst2")
-    records = load_split(task, "train", data_dir=str(shared_data / "sst2"))[:n]
-    return lm, resolve_layer_sites(lm.model), task, records
+    return load_tiny_sst2(tiny_llama_dir, shared_data, n=n)
 
 
 def test_last_token_logits_match_the_full_logits_at_each_rows_last_token(
