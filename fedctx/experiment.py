@@ -78,6 +78,11 @@ class ExperimentConfig:
     lora_batch_size: int = 8
     lora_learning_rate: float = 1e-3
 
+    def __post_init__(self) -> None:
+        if self.evaluation_split not in ("test", "validation"):
+            raise ConfigError("evaluation_split must be 'test' or 'validation', "
+                              f"got {self.evaluation_split!r}")
+
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
         """Load an ``[experiment]`` table."""
@@ -89,8 +94,6 @@ class ExperimentConfig:
         unknown = set(table) - set(known)
         if unknown:
             raise ConfigError(f"{path}: unknown experiment keys {sorted(unknown)}")
-        if table.get("evaluation_split", "test") not in ("test", "validation"):
-            raise ConfigError(f"{path}: evaluation_split must be 'test' or 'validation'")
         for key, value in list(table.items()):
             if isinstance(value, list):
                 table[key] = tuple(float(v) if key in ("epsilons",) else v for v in value)

@@ -94,6 +94,10 @@ def test_validation_split_is_held_out_of_the_training_records(
     for row in rows:  # the federated participant scored the same held-out file
         assert row["evaluation_split"] == "validation" and row["n_test"] == 6
         assert row["device"] == "cpu"
-    with pytest.raises(Exception, match="evaluation_split"):
-        (tmp_path / "bad.toml").write_text('[experiment]\nname = "x"\nevaluation_split = "dev"\n')
+    from privacy.errors import ConfigError
+
+    (tmp_path / "bad.toml").write_text('[experiment]\nname = "x"\nevaluation_split = "dev"\n')
+    with pytest.raises(ConfigError, match="evaluation_split"):
         ExperimentConfig.from_toml(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="evaluation_split"):
+        ExperimentConfig(name="x", evaluation_split="dev")
