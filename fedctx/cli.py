@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -252,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     except FedCtxError as exc:
         print(f"fedctx: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `fedctx experiment --plan | head`: the reader left
+        # Python flushes stdout again at exit; point it at devnull so that is silent too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

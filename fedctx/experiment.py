@@ -30,6 +30,9 @@ from privacy.errors import ConfigError
 METHODS_FEDERATED = "fedctx"
 #: Named in ``baselines`` but run once per epsilon, as a real federation (DP-FedAvg-LoRA).
 METHOD_LORA = "dp_fedavg_lora"
+#: ``participant.calibration.UPDATE_WEIGHTINGS``, restated so that reading a config (and
+#: ``--plan``) does not import torch; a unit test keeps the two equal.
+UPDATE_WEIGHTINGS = ("uniform", "precision")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,9 @@ class ExperimentConfig:
     #: Calibration coefficient groups (0 = one row per layer, I2CL); an axis for fedctx
     #: runs and the local-only / centralised I2CL baselines.
     coefficient_groups: tuple[int, ...] = (0,)
+    #: How calibration round updates are averaged (``uniform``, the paper, or
+    #: ``precision``: see ``CalibrationConfig.update_weighting``); an axis for fedctx runs.
+    update_weightings: tuple[str, ...] = ("uniform",)
     lora_rank: int = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_rounds: int = 2
@@ -82,6 +88,10 @@ class ExperimentConfig:
         if self.evaluation_split not in ("test", "validation"):
             raise ConfigError("evaluation_split must be 'test' or 'validation', "
                               f"got {self.evaluation_split!r}")
+        unknown = set(self.update_weightings) - set(UPDATE_WEIGHTINGS)
+        if unknown or not self.update_weightings:
+            raise ConfigError(f"update_weightings must be a non-empty list of "
+                              f"{UPDATE_WEIGHTINGS}, got {list(self.update_weightings)}")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -114,12 +124,13 @@ class RunSpec:
     vector_clip_mode: str = "deviation"
     vector_denoise: str = "none"
     coefficient_groups: int = 0
+    update_weighting: str = "uniform"
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
         fields_ = asdict(self)
         for name, default in (("vector_clip_mode", "deviation"), ("vector_denoise", "none"),
-                              ("coefficient_groups", 0)):
+                              ("coefficient_groups", 0), ("update_weighting", "uniform")):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -144,13 +155,15 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
             modes = itertools.product(
                 config.vector_clip_modes if dp_private else ("deviation",),
                 config.vector_denoise_modes if dp_private else ("none",))
-            for (mode, denoise), groups in itertools.product(modes, config.coefficient_groups):
+            for (mode, denoise), groups, weighting in itertools.product(
+                    modes, config.coefficient_groups, config.update_weightings):
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
-                                    denoise, groups))
-        for source, groups in itertools.product(config.control_sources,
-                                                config.coefficient_groups):
+                                    denoise, groups, weighting))
+        for source, groups, weighting in itertools.product(
+                config.control_sources, config.coefficient_groups, config.update_weightings):
             runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
-                                config.controls_at_epsilon, source, coefficient_groups=groups))
+                                config.controls_at_epsilon, source, coefficient_groups=groups,
+                                update_weighting=weighting))
     return runs
 
 
@@ -199,6 +212,8 @@ def describe(spec: RunSpec) -> str:
             extras.append(spec.vector_denoise)
         if spec.vector_clip_mode != "deviation":
             extras.append(f"{spec.vector_clip_mode} clip")
+        if spec.update_weighting != "uniform":
+            extras.append(f"{spec.update_weighting}-weighted updates")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"
@@ -302,7 +317,8 @@ class Harness:
         c = self.config
         return CalibrationConfig(rounds=c.rounds, steps_per_round=c.steps_per_round,
                                  batch_size=c.batch_size, learning_rate=c.learning_rate,
-                                 coefficient_groups=spec.coefficient_groups)
+                                 coefficient_groups=spec.coefficient_groups,
+                                 update_weighting=spec.update_weighting)
 
     # -- methods ------------------------------------------------------------------------
     def _run_one(self, spec: RunSpec) -> dict[str, object]:

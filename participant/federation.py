@@ -222,7 +222,8 @@ class Participant:
     def protocol_plan(self) -> str:
         """This protocol's plan (see :mod:`participant.protocol_plan`): the task, which
         rounds run (vector source and weighting, calibration rounds) and what their
-        aggregates mean (denoising, calibration steps, batch, learning rate, groups, loss)."""
+        aggregates mean (denoising, calibration steps, batch, learning rate, groups, loss,
+        update weighting)."""
         cfg, cal = self.config, self.config.calibration
         return canonical_plan({
             "protocol": "ifed-icl", "task": self.task.name, "vector_source": cfg.vector_source,
@@ -230,7 +231,7 @@ class Participant:
             "vector_denoise": cfg.privacy.vector_denoise, "rounds": cal.rounds,
             "steps_per_round": cal.steps_per_round, "batch_size": cal.batch_size,
             "learning_rate": cal.learning_rate, "coefficient_groups": cal.coefficient_groups,
-            "loss": cal.loss,
+            "loss": cal.loss, "update_weighting": cal.update_weighting,
         })
 
     def join(self, federation: pb.GetFederationResponse, *,
@@ -503,10 +504,17 @@ class Participant:
                     )
                     compute_s = time.perf_counter() - began
                 sent, waited_from = self.client.bytes_sent, time.perf_counter()
+                payload = update.double().numpy().ravel()
+                weighted = cfg.calibration.update_weighting == "precision"
+                if weighted:  # sum_k w_k u_k / sum_k w_k, the weight in one extra slot
+                    weight = calibrator.update_weight()
+                    payload = np.concatenate([payload * weight, [weight]])
                 mean, count = self.secure_mean(
-                    round_id, update.double().numpy().ravel(), kind="coefficient_update",
+                    round_id, payload, kind="coefficient_update",
                     federation=federation, release_id=release,
                 )
+                if weighted:
+                    mean = mean[:-1] / mean[-1]
                 coefficients = coefficients + torch.from_numpy(mean).reshape(
                     coefficients.shape).float()
                 report.rounds.append(self._round_record(

@@ -21,7 +21,8 @@ def _participant_config(pid, port, pki, tmp_path, tiny_llama_dir, shared_data, *
         tls_ca=pki.ca_cert, state_dir=tmp_path / pid, federation_id="fed-test", task="sst2",
         model=str(tiny_llama_dir), data_dir=str(shared_data / "sst2"),
         partition_index=int(pid[-1]) - 1, num_partitions=2, demonstrations_per_class=4,
-        max_calibration_records=32, test_per_class=8, batch_size=8,
+        max_calibration_records=extra.pop("max_calibration_records", 32), test_per_class=8,
+        batch_size=8,
         privacy=extra.pop("privacy", PrivacySettings(target_epsilon=4.0, delta=1e-5)),
         calibration=extra.pop("calibration",
                               CalibrationConfig(rounds=2, steps_per_round=2, batch_size=4)),
@@ -177,6 +178,52 @@ def test_layers_sharing_coefficients_release_four_values_per_group(
     assert coefficients.shape == (2, 4)  # one row per layer, both layers the one group's
     assert torch.equal(coefficients[0], coefficients[1])
     assert not torch.allclose(coefficients[0], torch.tensor([0.1, 1.0, 0.1, 1.0]))  # trained
+
+
+@pytest.mark.parametrize("epsilon", [float("inf"), 4.0])
+def test_precision_weighted_updates_are_the_weighted_mean_through_the_encrypted_path(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    epsilon: float, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each round's update is known (the participant's record count, everywhere), so the
+    decrypted result must be sum_k w_k n_k / sum_k w_k with the calibrators' own weights:
+    a participant with 2 records (rate 1, more noise under DP) counts less."""
+    from participant.calibration import CalibrationConfig, LocalCalibrator
+    from participant.config import PrivacySettings
+
+    weights: dict[int, float] = {}
+    real_weight = LocalCalibrator.update_weight
+
+    def known_update(self, coefficients):  # type: ignore[no-untyped-def]
+        return torch.full_like(coefficients, float(len(self.queries.texts)))
+
+    def recorded_weight(self):  # type: ignore[no-untyped-def]
+        weights[len(self.queries.texts)] = real_weight(self)
+        return weights[len(self.queries.texts)]
+
+    monkeypatch.setattr(LocalCalibrator, "run_round", known_update)
+    monkeypatch.setattr(LocalCalibrator, "update_weight", recorded_weight)
+    server = coordinator_factory()
+    calibration = CalibrationConfig(rounds=2, steps_per_round=2, batch_size=4,
+                                    update_weighting="precision")
+    _run_all([
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            vector_source="public", calibration=calibration,
+                            max_calibration_records=records,
+                            privacy=PrivacySettings(target_epsilon=epsilon))
+        for pid, records in (("org1", 2), ("org2", 32))
+    ])
+    assert sorted(weights) == [2, 32]
+    if epsilon < float("inf"):  # rate 1 needs more noise: less than its batch's share
+        assert weights[2] / weights[32] < 2 / 4
+    else:  # without DP the weight is the records per step
+        assert (weights[2], weights[32]) == (2.0, 4.0)
+    per_round = (2 * weights[2] + 32 * weights[32]) / (weights[2] + weights[32])
+    assert server.aggregator.aggregate("org1", "calib-public-1").vector_length == 2 * 4 + 1
+    for pid in ("org1", "org2"):
+        saved = torch.load(tmp_path / pid / "fed-test-sst2-calibrated.pt", weights_only=True)
+        expected = torch.tensor([0.1, 1.0, 0.1, 1.0]) + 2 * per_round
+        assert torch.allclose(saved["coefficients"], expected.expand(2, 4), atol=1e-3)
 
 
 @pytest.mark.parametrize("epsilon", [float("inf"), 4.0])

@@ -71,3 +71,31 @@ def test_tasks_flag_runs_a_subset_with_the_same_run_keys(tmp_path, capsys) -> No
     assert all(f"{n}. {describe(c)}" in printed for n, c in enumerate(trec, 1))
     assert main(["experiment", "--config", str(config_file), "--plan", "--tasks", "agnews"]) == 2
     assert "not in" in capsys.readouterr().err
+
+
+def test_update_weighting_axis_adds_fedctx_cells_and_keeps_old_keys() -> None:
+    from participant.calibration import UPDATE_WEIGHTINGS
+    from privacy.errors import ConfigError
+
+    from fedctx.experiment import UPDATE_WEIGHTINGS as restated
+    from fedctx.experiment import describe
+
+    assert restated == UPDATE_WEIGHTINGS  # restated to keep --plan free of torch
+    base = ExperimentConfig(name="x", tasks=("sst2",), epsilons=(math.inf, 8.0),
+                            vector_sources=("public",), control_sources=("zero",))
+    both = dataclasses.replace(base, update_weightings=("uniform", "precision"))
+    old, new = plan_runs(base), plan_runs(both)
+    assert [r.key() for r in new if r.update_weighting == "uniform"] == [r.key() for r in old]
+    added = [r for r in new if r.update_weighting == "precision"]
+    assert {r.method for r in added} == {"fedctx"}  # baselines have one calibrator
+    assert sorted((r.epsilon, r.vector_source) for r in added) == [
+        (8.0, "public"), (math.inf, "public"), (math.inf, "zero")]
+    assert len({r.key() for r in new}) == len(new)
+    assert describe(added[0]).endswith("fedctx public (no DP, precision-weighted updates)")
+    for bad in ((), ("uniform", "by-size")):
+        try:
+            dataclasses.replace(base, update_weightings=bad)
+        except ConfigError as exc:
+            assert "update_weightings" in str(exc)
+        else:
+            raise AssertionError(f"{bad} accepted")

@@ -51,6 +51,15 @@ def test_coefficient_groups_get_their_own_rows() -> None:
     assert "| local_only | 50.0 |" in text
 
 
+def test_precision_weighted_updates_get_their_own_rows() -> None:
+    rows = [*ROWS, _row("fedctx", 0.88, source="public", epsilon=8.0,
+                        update_weighting="precision"),
+            _row("fedctx", 0.82, source="public", epsilon=8.0, update_weighting="uniform")]
+    text = markdown(rows)
+    assert "| fedctx public (eps=8, precision-weighted) | 88.0 |" in text
+    assert "| fedctx public (eps=8) | 82.0 |" in text
+
+
 def test_cost_table_per_round() -> None:
     table = cost_table(ROWS)
     assert "| sst2 | fedctx private (no DP) | 85.0 ± 1.4 | 5 | 3.0 KiB | 4.0 |" in table

@@ -123,3 +123,26 @@ def test_splitting_a_batch_into_chunks_leaves_per_record_gradients_unchanged(
     assert sorted(j for c in many for j in c) == list(range(5))
     assert torch.allclose(split, whole, atol=1e-5, rtol=1e-4)
     assert abs(split_loss - whole_loss) < 1e-4
+
+
+def test_update_weight_is_the_inverse_std_of_a_steps_mean_gradient(
+    tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    """``expected_batch / sqrt(1 + sigma^2)``: the records per step without DP; with DP a
+    participant sampling all its few records at rate 1 under a large sigma counts less."""
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=8)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+
+    def weight(n: int, sigma: float) -> float:
+        calibrator = LocalCalibrator(lm, sites, task, records[:n], vector,
+                                     config=CalibrationConfig(batch_size=4),
+                                     noise_multiplier=sigma, seed=0)
+        return calibrator.update_weight()
+
+    assert weight(8, 0.0) == 4.0 and weight(2, 0.0) == 2.0  # records per step
+    assert weight(8, 1.0) == pytest.approx(4 / 2 ** 0.5)
+    assert weight(2, 18.125) == pytest.approx(2 / (1 + 18.125 ** 2) ** 0.5)
+    with pytest.raises(ConfigError, match="update_weighting"):
+        CalibrationConfig(update_weighting="by-size")

@@ -1,0 +1,104 @@
+"""Where the calibration noise of a federation comes from, participant by participant.
+
+For the experiment harness's own split of a task (``fedctx experiment``'s code: Dirichlet
+(alpha) over labels, ``--participants`` parts, each capped at ``--records``), every participant's
+accountant (Opacus RDP, ``privacy.accounting.noise_multiplier_for_budget``) picks its noise
+multiplier sigma_k for Poisson rate ``q_k = min(1, B / n_k)`` and ``--steps`` steps. The
+noise std on its step's mean clipped gradient, in units of the clip norm, is
+``s_k = sigma_k / (q_k n_k)``. Printed per task, seed, budget and batch B:
+
+* the smallest participant, its sigma and s_k, and its share of the noise variance of the
+  uniform mean over participants (``sum_k s_k^2 / N^2``, the mean the protocol takes);
+* the aggregate noise std of the uniform mean, and what an inverse-variance weighted mean
+  (weights ``1 / s_k^2``, std ``1 / sqrt(sum_k 1 / s_k^2)``) would give.
+
+Only the accountant and the data split run; no model is loaded. These are linear noise
+figures: each participant's update passes through local AdamW steps, which are not linear
+in the noise, so the table says where the noise enters, not the accuracy it costs.
+
+    .venv/bin/python benchmarks/dp_aggregate_noise.py [--tasks sst2 subj trec agnews] [--seeds 0 1 2]
+        [--evaluation-split test|validation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from _common import SHARED_DATA, print_footer, print_header, print_table
+from privacy.accounting import PlannedRelease, noise_multiplier_for_budget
+
+
+def participant_sizes(task_name: str, *, participants: int, alpha: float, seed: int,
+                      records: int, evaluation_split: str) -> list[int]:
+    """Record counts of each participant in the experiment harness's own split."""
+    from fedctx.experiment import ExperimentConfig, Harness, RunSpec
+
+    config = ExperimentConfig(name="noise", tasks=(task_name,), data_root=str(SHARED_DATA),
+                              records_per_participant=records,
+                              evaluation_split=evaluation_split, test_per_class=40)
+    _, parts, _, _ = Harness(config, Path("unused"))._splits(
+        RunSpec(task_name, "fedctx", participants, alpha, seed))
+    return [len(p) for p in parts]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "subj", "trec", "agnews"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--records", type=int, default=256, help="cap per participant")
+    parser.add_argument("--steps", type=int, default=20, help="calibration steps in all rounds")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 1.0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[12, 64])
+    parser.add_argument("--evaluation-split", choices=["test", "validation"], default="test",
+                        help="validation: the harness first holds out 40 records per class "
+                             "of the train split (evaluation_split = \"validation\")")
+    args = parser.parse_args()
+    print_header("Per-participant calibration noise in the federated mean", quick=False,
+                 torch_threads=False,
+                 extra=[f"{args.participants} participants, Dirichlet({args.alpha:g}), "
+                        f"<= {args.records} records each, {args.steps} steps, delta 1e-5, "
+                        f"{args.evaluation_split} split"])
+    sigma_cache: dict[tuple[float, float], float] = {}
+
+    def sigma_for(epsilon: float, rate: float) -> float:
+        key = (epsilon, round(rate, 6))
+        if key not in sigma_cache:
+            sigma_cache[key] = noise_multiplier_for_budget(
+                target_epsilon=epsilon, target_delta=1e-5,
+                plan=[PlannedRelease(sample_rate=rate, steps=args.steps)])
+        return sigma_cache[key]
+
+    rows = []
+    for task in args.tasks:
+        for seed in args.seeds:
+            sizes = participant_sizes(task, participants=args.participants, alpha=args.alpha,
+                                      seed=seed, records=args.records,
+                                      evaluation_split=args.evaluation_split)
+            for epsilon in args.epsilons:
+                for batch in args.batches:
+                    noise = []
+                    for n in sizes:
+                        rate = min(1.0, batch / n)
+                        noise.append(sigma_for(epsilon, rate) / (rate * n))
+                    k = min(range(len(sizes)), key=lambda i: sizes[i])
+                    uniform = math.sqrt(sum(s * s for s in noise)) / len(noise)
+                    weighted = 1.0 / math.sqrt(sum(1.0 / (s * s) for s in noise))
+                    share = noise[k] ** 2 / sum(s * s for s in noise)
+                    rows.append([
+                        task, seed, f"{epsilon:g}", batch, f"{min(sizes)}-{max(sizes)}",
+                        f"{sigma_for(epsilon, min(1.0, batch / sizes[k])):.3f}",
+                        f"{noise[k]:.4f}", f"{share:.0%}", f"{uniform:.4f}", f"{weighted:.4f}",
+                        f"{uniform / weighted:.2f}x",
+                    ])
+    print_table(["task", "seed", "epsilon", "B", "records (min-max)", "sigma (smallest)",
+                 "s (smallest)", "its share of variance", "uniform mean std",
+                 "inverse-variance std", "ratio"], rows, left=2)
+    print_footer()
+
+
+if __name__ == "__main__":
+    main()
