@@ -9,8 +9,10 @@ noise std on its step's mean clipped gradient, in units of the clip norm, is
 
 * the smallest participant, its sigma and s_k, and its share of the noise variance of the
   uniform mean over participants (``sum_k s_k^2 / N^2``, the mean the protocol takes);
-* the aggregate noise std of the uniform mean, and what an inverse-variance weighted mean
-  (weights ``1 / s_k^2``, std ``1 / sqrt(sum_k 1 / s_k^2)``) would give.
+* the aggregate noise std of the uniform mean; of the mean weighted as
+  ``update_weighting = "precision"`` weights it (``w_k = q_k n_k / sqrt(1 + sigma_k^2)``,
+  std ``sqrt(sum_k w_k^2 s_k^2) / sum_k w_k``); and of the linear optimum, the
+  inverse-variance weighted mean (weights ``1 / s_k^2``, std ``1 / sqrt(sum_k 1 / s_k^2)``).
 
 Only the accountant and the data split run; no model is loaded. These are linear noise
 figures: each participant's update passes through local AdamW steps, which are not linear
@@ -80,23 +82,28 @@ def main() -> None:
                                       evaluation_split=args.evaluation_split)
             for epsilon in args.epsilons:
                 for batch in args.batches:
-                    noise = []
+                    noise, weights = [], []
                     for n in sizes:
                         rate = min(1.0, batch / n)
-                        noise.append(sigma_for(epsilon, rate) / (rate * n))
+                        sigma = sigma_for(epsilon, rate)
+                        noise.append(sigma / (rate * n))
+                        weights.append(max(1, round(rate * n)) / math.sqrt(1 + sigma ** 2))
                     k = min(range(len(sizes)), key=lambda i: sizes[i])
                     uniform = math.sqrt(sum(s * s for s in noise)) / len(noise)
+                    precision = math.sqrt(sum((w * s) ** 2 for w, s in zip(
+                        weights, noise, strict=True))) / sum(weights)
                     weighted = 1.0 / math.sqrt(sum(1.0 / (s * s) for s in noise))
                     share = noise[k] ** 2 / sum(s * s for s in noise)
                     rows.append([
                         task, seed, f"{epsilon:g}", batch, f"{min(sizes)}-{max(sizes)}",
                         f"{sigma_for(epsilon, min(1.0, batch / sizes[k])):.3f}",
-                        f"{noise[k]:.4f}", f"{share:.0%}", f"{uniform:.4f}", f"{weighted:.4f}",
-                        f"{uniform / weighted:.2f}x",
+                        f"{noise[k]:.4f}", f"{share:.0%}", f"{uniform:.4f}",
+                        f"{precision:.4f} ({uniform / precision:.2f}x)",
+                        f"{weighted:.4f} ({uniform / weighted:.2f}x)",
                     ])
     print_table(["task", "seed", "epsilon", "B", "records (min-max)", "sigma (smallest)",
                  "s (smallest)", "its share of variance", "uniform mean std",
-                 "inverse-variance std", "ratio"], rows, left=2)
+                 "precision-weighted std", "inverse-variance std"], rows, left=2)
     print_footer()
 
 

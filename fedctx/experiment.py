@@ -400,7 +400,9 @@ class Harness:
     def _loopback_federation(self, spec: RunSpec, run_participant) -> tuple[list[str], dict]:  # type: ignore[no-untyped-def,type-arg]
         """A real federation for one cell: in-process coordinator (mTLS, 127.0.0.1:0) and
         one thread per participant; ``run_participant(index, **base)`` builds the
-        participant's config from ``base`` (identity, TLS, data file) and runs it."""
+        participant's config from ``base`` (identity, TLS, data file) and runs it. If one
+        participant fails, the coordinator stops, the others fail fast, and the first
+        error is raised (the cell is recorded as failed)."""
         import torch
 
         from coordinator.config import CoordinatorConfig
@@ -423,6 +425,17 @@ class Harness:
         )).start()
         reports: dict[str, object] = {}
         errors: list[BaseException] = []
+        stop_lock, stopped = threading.Lock(), threading.Event()
+
+        def stop_coordinator() -> None:
+            # Once: on the first participant's failure, so that the others' next call fails
+            # within seconds instead of waiting out a round timeout (an hour here) for a
+            # contribution that will never come; and at the end of the cell.
+            with stop_lock:
+                if not stopped.is_set():
+                    stopped.set()
+                    server.stop(grace_s=0)
+
         torch.set_num_threads(1)
         test_file = ""
         if self.config.evaluation_split == "validation":
@@ -448,7 +461,8 @@ class Harness:
             try:
                 reports[pid] = run_participant(index, **base)
             except BaseException as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
+                errors.append(exc)  # the first error is the cell's cause; then stop the rest
+                stop_coordinator()
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(spec.participants)]
         try:
@@ -457,7 +471,7 @@ class Harness:
             for t in threads:
                 t.join()
         finally:
-            server.stop(grace_s=0)
+            stop_coordinator()
         if errors:
             raise errors[0]
         return ids, reports

@@ -101,3 +101,42 @@ def test_validation_split_is_held_out_of_the_training_records(
         ExperimentConfig.from_toml(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="evaluation_split"):
         ExperimentConfig(name="x", evaluation_split="dev")
+
+
+def test_a_failing_participant_fails_the_cell_fast_with_its_own_error(
+        tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One participant dying mid-protocol (here: in its first calibration round) used to
+    leave the others polling for its contribution until the round timeout (an hour); now
+    the coordinator stops, the others fail within seconds, and the cause is recorded."""
+    import threading
+    import time
+
+    from participant.calibration import LocalCalibrator
+
+    from fedctx.experiment import ExperimentConfig, Harness
+
+    real_run_round, lock, calls = LocalCalibrator.run_round, threading.Lock(), []
+
+    def first_call_dies(self, coefficients):  # type: ignore[no-untyped-def]
+        with lock:
+            calls.append(1)
+            first = len(calls) == 1
+        if first:
+            raise MemoryError("simulated: participant ran out of memory")
+        return real_run_round(self, coefficients)
+
+    monkeypatch.setattr(LocalCalibrator, "run_round", first_call_dies)
+    config = ExperimentConfig(
+        name="fail", tasks=("sst2",), data_root=str(shared_data), model=str(tiny_llama_dir),
+        participants=(3,), dirichlet_alpha=(0.0,), epsilons=(math.inf,),
+        vector_sources=("public",), control_sources=(), seeds=(0,), baselines=(),
+        records_per_participant=8, rounds=2, steps_per_round=1, batch_size=4,
+        test_per_class=2,
+    )
+    started = time.monotonic()
+    rows = Harness(config, tmp_path / "out").run(progress=False)
+    assert rows == []
+    failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
+    assert "simulated: participant ran out of memory" in failure["error"]
+    assert time.monotonic() - started < 240  # the round timeout is 3600 s
