@@ -71,8 +71,8 @@ class CalibrationConfig:
             of the participant's step-mean clipped gradient, so that a participant whose
             gradients carry more DP noise counts less (on a Dirichlet split a participant
             with few records samples at rate 1 and its accountant needs sigma up to 18 at
-            epsilon 1: one such participant held 55-98% of the uniform mean's noise variance
-            on sst2 and subj, ``benchmarks/dp_aggregate_noise.py``). The weight rides in one
+            epsilon 1: one such participant held over half of the uniform mean's noise
+            variance on five of six sst2/subj splits, ``benchmarks/dp_aggregate_noise.py``). The weight rides in one
             extra encrypted slot: the coordinator sees ciphertexts only, participants the
             sum of the weights.
     """
