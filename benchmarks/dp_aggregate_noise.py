@@ -29,6 +29,7 @@ import math
 from pathlib import Path
 
 from _common import SHARED_DATA, print_footer, print_header, print_table
+from participant.calibration import precision_weight
 from privacy.accounting import PlannedRelease, noise_multiplier_for_budget
 
 
@@ -40,7 +41,7 @@ def participant_sizes(task_name: str, *, participants: int, alpha: float, seed: 
     config = ExperimentConfig(name="noise", tasks=(task_name,), data_root=str(SHARED_DATA),
                               records_per_participant=records,
                               evaluation_split=evaluation_split, test_per_class=40)
-    _, parts, _, _ = Harness(config, Path("unused"))._splits(
+    _, parts, _, _ = Harness(config, Path("unused")).splits(
         RunSpec(task_name, "fedctx", participants, alpha, seed))
     return [len(p) for p in parts]
 
@@ -87,7 +88,8 @@ def main() -> None:
                         rate = min(1.0, batch / n)
                         sigma = sigma_for(epsilon, rate)
                         noise.append(sigma / (rate * n))
-                        weights.append(max(1, round(rate * n)) / math.sqrt(1 + sigma ** 2))
+                        weights.append(precision_weight(expected_batch=max(1, round(rate * n)),
+                                                        noise_multiplier=sigma))
                     k = min(range(len(sizes)), key=lambda i: sizes[i])
                     uniform = math.sqrt(sum(s * s for s in noise)) / len(noise)
                     precision = math.sqrt(sum((w * s) ** 2 for w, s in zip(

@@ -285,7 +285,11 @@ class Harness:
             self._cache["lm"] = (lm, resolve_layer_sites(lm.model))
         return self._cache["lm"]
 
-    def _splits(self, spec: RunSpec):  # type: ignore[no-untyped-def]
+    def splits(self, spec: RunSpec):  # type: ignore[no-untyped-def]
+        """``(task, participants' records, test records, data folder)`` of a cell: the
+        Dirichlet (or IID) split of the train split, each part capped at
+        ``records_per_participant``; cached per task, count, alpha and seed. Public so that
+        analyses (``benchmarks/dp_aggregate_noise.py``) use the very split a sweep runs."""
         from participant.data import balanced_sample, load_split, partition
         from participant.tasks import load_task
 
@@ -333,7 +337,7 @@ class Harness:
         from participant.evaluation import evaluate
 
         lm, sites = self._lm()
-        task, _, test, _ = self._splits(spec)
+        task, _, test, _ = self.splits(spec)
         return {**self._scores(evaluate(lm, sites, task, test)), "epsilon_spent": 0.0}
 
     def _baseline_few_shot(self, spec: RunSpec) -> dict[str, object]:
@@ -341,7 +345,7 @@ class Harness:
         from participant.evaluation import few_shot_predict, score
 
         lm, _ = self._lm()
-        task, parts, test, _ = self._splits(spec)
+        task, parts, test, _ = self.splits(spec)
         pooled = [e for p in parts for e in p]
         demos = balanced_sample(pooled, per_class=self.config.few_shot_per_class,
                                 num_classes=len(task.labels), seed=spec.seed)
@@ -358,7 +362,7 @@ class Harness:
         from participant.hooks import default_coefficients
 
         lm, sites = self._lm()
-        task = self._splits(spec)[0]
+        task = self.splits(spec)[0]
         demos = balanced_sample(records, per_class=self.config.demonstrations_per_class,
                                 num_classes=len(task.labels), seed=seed)
         vector = last_token_activations(
@@ -374,7 +378,7 @@ class Harness:
         from participant.evaluation import evaluate
 
         lm, sites = self._lm()
-        task, parts, test, _ = self._splits(spec)
+        task, parts, test, _ = self.splits(spec)
         accs, f1s = [], []
         for index in range(min(self.config.local_only_participants, len(parts))):
             vector, coefficients = self._i2cl(spec, parts[index], seed=spec.seed + index)
@@ -390,7 +394,7 @@ class Harness:
         from participant.evaluation import evaluate
 
         lm, sites = self._lm()
-        task, parts, test, _ = self._splits(spec)
+        task, parts, test, _ = self.splits(spec)
         pooled = [e for p in parts for e in p]
         vector, coefficients = self._i2cl(spec, pooled, seed=spec.seed)
         return {**self._scores(evaluate(lm, sites, task, test, vector=vector,
@@ -410,7 +414,7 @@ class Harness:
 
         from .provision import provision
 
-        task, parts, test, data_dir = self._splits(spec)
+        task, parts, test, data_dir = self.splits(spec)
         run_dir = self.out_dir / "runs" / spec.key()
         # A cell killed mid-run left its coordinator state and ledgers (with reservations)
         # behind; the re-run starts from nothing rather than inherit a half-spent budget.

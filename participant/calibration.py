@@ -33,6 +33,16 @@ from .tasks import TaskSpec
 UPDATE_WEIGHTINGS = ("uniform", "precision")
 
 
+def precision_weight(*, expected_batch: int, noise_multiplier: float) -> float:
+    """``expected_batch / sqrt(1 + sigma^2)``: the inverse std (in units of the clip) of a
+    DP-SGD step's mean clipped gradient, counting the spread of clipped per-record
+    gradients (about one clip: every record is clipped, docs/results.md §6) and the DP
+    noise (sigma clips), over ``expected_batch`` records. Without DP it is the records per
+    step (FedAvg's weighting by data). A function of the record count and the budget, which
+    the accountant already treats as public; no record enters it."""
+    return expected_batch / math.sqrt(1.0 + noise_multiplier ** 2)
+
+
 @dataclass(frozen=True, slots=True)
 class CalibrationConfig:
     """Local optimisation settings (reference-code defaults where the papers are silent).
@@ -224,14 +234,10 @@ class LocalCalibrator:
         self.losses: list[float] = []
 
     def update_weight(self) -> float:
-        """This participant's weight in a ``precision``-weighted mean of round updates:
-        ``expected_batch / sqrt(1 + sigma^2)``, the inverse std (in units of the clip) of
-        its step's mean clipped gradient, counting the spread of clipped per-record
-        gradients (about one clip: every record is clipped, docs/results.md §6) and the DP
-        noise (sigma clips), over ``expected_batch`` records. Without DP it is the records
-        per step (FedAvg's weighting by data). A function of the record count and the
-        budget, which the accountant already treats as public; no record enters it."""
-        return self.expected_batch / math.sqrt(1.0 + self.noise_multiplier ** 2)
+        """This participant's weight in a ``precision``-weighted mean of round updates
+        (:func:`precision_weight` of its records per step and noise multiplier)."""
+        return precision_weight(expected_batch=self.expected_batch,
+                                noise_multiplier=self.noise_multiplier)
 
     def _sample(self) -> list[int]:
         n = len(self.queries.texts)

@@ -82,7 +82,7 @@ def test_validation_split_is_held_out_of_the_training_records(
     )
     harness = Harness(config, tmp_path / "out")
     spec = plan_runs(config)[0]
-    _, parts, held_out, _ = harness._splits(spec)
+    _, parts, held_out, _ = harness.splits(spec)
     test_texts = {e.text for e in load_split(load_task("sst2"), "test",
                                              data_dir=str(shared_data / "sst2"))}
     held_texts = {e.text for e in held_out}
