@@ -33,6 +33,8 @@ METHOD_LORA = "dp_fedavg_lora"
 #: ``participant.calibration.UPDATE_WEIGHTINGS``, restated so that reading a config (and
 #: ``--plan``) does not import torch; a unit test keeps the two equal.
 UPDATE_WEIGHTINGS = ("uniform", "precision")
+#: ``participant.calibration.CALIBRATION_OPTIMIZERS``, restated for the same reason.
+CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,9 @@ class ExperimentConfig:
     #: How calibration round updates are averaged (``uniform``, the paper, or
     #: ``precision``: see ``CalibrationConfig.update_weighting``); an axis for fedctx runs.
     update_weightings: tuple[str, ...] = ("uniform",)
+    #: Where Adam normalises calibration updates (``local_adamw``, I2CL and the paper, or
+    #: ``global_adam``: see ``CalibrationConfig.optimizer``); an axis for fedctx runs.
+    calibration_optimizers: tuple[str, ...] = ("local_adamw",)
     lora_rank: int = 8
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     lora_rounds: int = 2
@@ -92,6 +97,10 @@ class ExperimentConfig:
         if unknown or not self.update_weightings:
             raise ConfigError(f"update_weightings must be a non-empty list of "
                               f"{UPDATE_WEIGHTINGS}, got {list(self.update_weightings)}")
+        unknown = set(self.calibration_optimizers) - set(CALIBRATION_OPTIMIZERS)
+        if unknown or not self.calibration_optimizers:
+            raise ConfigError(f"calibration_optimizers must be a non-empty list of "
+                              f"{CALIBRATION_OPTIMIZERS}, got {list(self.calibration_optimizers)}")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -125,12 +134,14 @@ class RunSpec:
     vector_denoise: str = "none"
     coefficient_groups: int = 0
     update_weighting: str = "uniform"
+    calibration_optimizer: str = "local_adamw"
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
         fields_ = asdict(self)
         for name, default in (("vector_clip_mode", "deviation"), ("vector_denoise", "none"),
-                              ("coefficient_groups", 0), ("update_weighting", "uniform")):
+                              ("coefficient_groups", 0), ("update_weighting", "uniform"),
+                              ("calibration_optimizer", "local_adamw")):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -155,15 +166,17 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
             modes = itertools.product(
                 config.vector_clip_modes if dp_private else ("deviation",),
                 config.vector_denoise_modes if dp_private else ("none",))
-            for (mode, denoise), groups, weighting in itertools.product(
-                    modes, config.coefficient_groups, config.update_weightings):
+            for (mode, denoise), groups, weighting, optimizer in itertools.product(
+                    modes, config.coefficient_groups, config.update_weightings,
+                    config.calibration_optimizers):
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
-                                    denoise, groups, weighting))
-        for source, groups, weighting in itertools.product(
-                config.control_sources, config.coefficient_groups, config.update_weightings):
+                                    denoise, groups, weighting, optimizer))
+        for source, groups, weighting, optimizer in itertools.product(
+                config.control_sources, config.coefficient_groups, config.update_weightings,
+                config.calibration_optimizers):
             runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
                                 config.controls_at_epsilon, source, coefficient_groups=groups,
-                                update_weighting=weighting))
+                                update_weighting=weighting, calibration_optimizer=optimizer))
     return runs
 
 
@@ -214,6 +227,8 @@ def describe(spec: RunSpec) -> str:
             extras.append(f"{spec.vector_clip_mode} clip")
         if spec.update_weighting != "uniform":
             extras.append(f"{spec.update_weighting}-weighted updates")
+        if spec.calibration_optimizer != "local_adamw":
+            extras.append(spec.calibration_optimizer.replace("_", " "))
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"
@@ -322,7 +337,8 @@ class Harness:
         return CalibrationConfig(rounds=c.rounds, steps_per_round=c.steps_per_round,
                                  batch_size=c.batch_size, learning_rate=c.learning_rate,
                                  coefficient_groups=spec.coefficient_groups,
-                                 update_weighting=spec.update_weighting)
+                                 update_weighting=spec.update_weighting,
+                                 optimizer=spec.calibration_optimizer)
 
     # -- methods ------------------------------------------------------------------------
     def _run_one(self, spec: RunSpec) -> dict[str, object]:
@@ -368,7 +384,8 @@ class Harness:
         vector = last_token_activations(
             lm, sites, [task.demonstration(e.text, e.label) for e in demos]).mean(0)
         base = self._calibration(spec)
-        config = replace(base, rounds=1, steps_per_round=base.total_steps * steps_scale)
+        config = replace(base, rounds=1, steps_per_round=base.total_steps * steps_scale,
+                         optimizer="local_adamw")
         calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
                                      noise_multiplier=0.0, seed=seed)
         start = default_coefficients(config.trained_rows(sites.num_layers))

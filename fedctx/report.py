@@ -162,7 +162,8 @@ def _series(row: dict[str, object]) -> str | None:
             ", raw clipping" if row.get("vector_clip_mode", "deviation") == "raw" else "",
             ", James-Stein" if row.get("vector_denoise", "none") == "james_stein" else "",
             _groups(row).replace(" (", ", ").rstrip(")"),
-            ", precision-weighted" if row.get("update_weighting") == "precision" else ""))
+            ", precision-weighted" if row.get("update_weighting") == "precision" else "",
+            ", global Adam" if row.get("calibration_optimizer") == "global_adam" else ""))
         return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"

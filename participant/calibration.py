@@ -31,6 +31,8 @@ from .tasks import TaskSpec
 
 #: ``CalibrationConfig.update_weighting`` values.
 UPDATE_WEIGHTINGS = ("uniform", "precision")
+#: ``CalibrationConfig.optimizer`` values.
+CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 
 
 def precision_weight(*, expected_batch: int, noise_multiplier: float) -> float:
@@ -85,6 +87,22 @@ class CalibrationConfig:
             variance on five of six sst2/subj splits, ``benchmarks/dp_aggregate_noise.py``). The weight rides in one
             extra encrypted slot: the coordinator sees ciphertexts only, participants the
             sum of the weights.
+        optimizer: where Adam's per-coordinate normalisation happens. ``local_adamw``
+            (default, I2CL and the paper): every participant runs AdamW on its own (noisy)
+            gradients and the round's mean update is added to the global coefficients.
+            Under DP each participant's AdamW divides its signal by its own noise scale
+            before the mean can average that noise away, so the signal moves the
+            coefficients by about the per-participant signal-to-noise ratio of a full
+            step. ``global_adam`` (FedAdam, Reddi et al. 2021): participants take plain SGD
+            steps at ``sgd_learning_rate`` and the round's mean update is the negative
+            pseudo-gradient of one AdamW step (``learning_rate``, ``weight_decay``,
+            warm-up and cosine decay over the rounds) that every participant takes
+            identically on the decrypted aggregate (the coordinator cannot: it holds no
+            key). With one step per round this is DP-Adam on the federation's averaged
+            noisy gradient. Post-processing of the released aggregate: no budget spent.
+        sgd_learning_rate: the participants' SGD step under ``global_adam`` (constant).
+            With one step per round it only scales the pseudo-gradient, which Adam's
+            normalisation removes.
     """
 
     learning_rate: float = 0.05
@@ -99,8 +117,15 @@ class CalibrationConfig:
     max_batch_tokens: int = 1024
     loss: str = "label_words"
     update_weighting: str = "uniform"
+    optimizer: str = "local_adamw"
+    sgd_learning_rate: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.optimizer not in CALIBRATION_OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {CALIBRATION_OPTIMIZERS}, "
+                              f"got {self.optimizer!r}")
+        if self.sgd_learning_rate <= 0:
+            raise ConfigError("sgd_learning_rate must be > 0")
         if self.update_weighting not in UPDATE_WEIGHTINGS:
             raise ConfigError(f"update_weighting must be one of {UPDATE_WEIGHTINGS}, "
                               f"got {self.update_weighting!r}")
@@ -150,6 +175,58 @@ def _schedule(step: int, *, total: int, warmup_fraction: float) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _scheduled_adamw(
+    parameter: torch.nn.Parameter, config: CalibrationConfig, *, total_steps: int,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW at ``config.learning_rate`` with I2CL's warm-up and cosine decay."""
+    optimizer = torch.optim.AdamW(
+        [parameter], lr=config.learning_rate, weight_decay=config.weight_decay)
+    total = max(1, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _schedule(s, total=total, warmup_fraction=config.warmup_fraction))
+    return optimizer, scheduler
+
+
+class GlobalCoefficients:
+    """The federation's coefficients ``[G, 4]``, advanced by each round's decrypted mean
+    update; every participant holds one and, fed the same aggregates, computes the same
+    values (``CalibrationConfig.optimizer``).
+
+    ``local_adamw`` adds the mean update. ``global_adam`` takes one AdamW step with the
+    negated mean update as the gradient (FedAdam). The input is already released under
+    DP, so nothing here spends budget.
+    """
+
+    def __init__(self, start: torch.Tensor, *, config: CalibrationConfig) -> None:
+        self._value = torch.nn.Parameter(start.detach().clone())
+        self._adam = config.optimizer == "global_adam"
+        if self._adam:
+            self._optimizer, self._scheduler = _scheduled_adamw(
+                self._value, config, total_steps=config.rounds)
+
+    @property
+    def value(self) -> torch.Tensor:
+        """The current coefficients (a copy)."""
+        return self._value.detach().clone()
+
+    def apply(self, mean_update: torch.Tensor) -> torch.Tensor:
+        """Advance by one round's ``mean_update`` (the shape of :attr:`value`); returns
+        the new coefficients."""
+        if mean_update.shape != self._value.shape:
+            raise ValueError(f"mean update of shape {tuple(mean_update.shape)} for "
+                             f"coefficients of shape {tuple(self._value.shape)}")
+        update = mean_update.to(self._value.dtype)
+        if not self._adam:
+            with torch.no_grad():
+                self._value.add_(update)
+            return self.value
+        self._optimizer.zero_grad()
+        self._value.grad = -update
+        self._optimizer.step()
+        self._scheduler.step()
+        return self.value
 
 
 class EncodedQueries:
@@ -217,9 +294,15 @@ class LocalCalibrator:
         # Calibration noise is drawn where the activations are (one stream on a CPU).
         self.noise_generator = self.generator if lm.device.type == "cpu" else \
             torch.Generator(device=lm.device).manual_seed(seed)
-        base = torch.optim.AdamW(
-            [self.coefficients], lr=config.learning_rate, weight_decay=config.weight_decay
-        )
+        # Under global_adam the participant's steps are plain SGD and the schedule is the
+        # global optimiser's (GlobalCoefficients); otherwise I2CL's AdamW runs here.
+        base: torch.optim.Optimizer
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        if config.optimizer == "global_adam":
+            base = torch.optim.SGD([self.coefficients], lr=config.sgd_learning_rate)
+        else:
+            base, self.scheduler = _scheduled_adamw(
+                self.coefficients, config, total_steps=config.total_steps)
         self.optimizer: torch.optim.Optimizer = base
         if self.private:
             self.optimizer = DPOptimizer(
@@ -227,10 +310,6 @@ class LocalCalibrator:
                 expected_batch_size=self.expected_batch,
                 loss_reduction="mean",
             )
-        total = max(1, config.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            base, lambda s: _schedule(s, total=total, warmup_fraction=config.warmup_fraction)
-        )
         self.losses: list[float] = []
 
     def update_weight(self) -> float:
@@ -289,7 +368,8 @@ class LocalCalibrator:
             else:
                 self.coefficients.grad = grads.mean(dim=0)
             self.optimizer.step()
-            self.scheduler.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             if not math.isnan(loss):
                 self.losses.append(loss)
         return (self.coefficients.detach() - start).clone()

@@ -34,7 +34,7 @@ from privacy.errors import BudgetExhaustedError
 from privacy.ledger import PrivacyLedger
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
-from .calibration import LocalCalibrator, per_layer
+from .calibration import GlobalCoefficients, LocalCalibrator, per_layer
 from .client import CoordinatorClient, TlsFiles, is_not_ready
 from .config import ParticipantConfig
 from .context_vectors import (
@@ -223,7 +223,7 @@ class Participant:
         """This protocol's plan (see :mod:`participant.protocol_plan`): the task, which
         rounds run (vector source and weighting, calibration rounds) and what their
         aggregates mean (denoising, calibration steps, batch, learning rate, groups, loss,
-        update weighting)."""
+        update weighting, optimiser)."""
         cfg, cal = self.config, self.config.calibration
         return canonical_plan({
             "protocol": "ifed-icl", "task": self.task.name, "vector_source": cfg.vector_source,
@@ -232,6 +232,7 @@ class Participant:
             "steps_per_round": cal.steps_per_round, "batch_size": cal.batch_size,
             "learning_rate": cal.learning_rate, "coefficient_groups": cal.coefficient_groups,
             "loss": cal.loss, "update_weighting": cal.update_weighting,
+            "optimizer": cal.optimizer, "sgd_learning_rate": cal.sgd_learning_rate,
         })
 
     def join(self, federation: pb.GetFederationResponse, *,
@@ -478,7 +479,10 @@ class Participant:
         timings["vector_total"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        coefficients = default_coefficients(cfg.calibration.trained_rows(self.sites.num_layers))
+        global_coefficients = GlobalCoefficients(
+            default_coefficients(cfg.calibration.trained_rows(self.sites.num_layers)),
+            config=cfg.calibration)
+        coefficients = global_coefficients.value
         if cfg.calibration.rounds:
             calibrator = LocalCalibrator(
                 self.lm, self.sites, task, self.records, vector, config=cfg.calibration,
@@ -515,8 +519,8 @@ class Participant:
                 )
                 if weighted:
                     mean = mean[:-1] / mean[-1]
-                coefficients = coefficients + torch.from_numpy(mean).reshape(
-                    coefficients.shape).float()
+                coefficients = global_coefficients.apply(
+                    torch.from_numpy(mean).reshape(coefficients.shape).float())
                 report.rounds.append(self._round_record(
                     round_id, count, compute_s=compute_s, sent_before=sent,
                     waited_from=waited_from))

@@ -226,6 +226,37 @@ def test_precision_weighted_updates_are_the_weighted_mean_through_the_encrypted_
         assert torch.allclose(saved["coefficients"], expected.expand(2, 4), atol=1e-3)
 
 
+def test_global_adam_steps_every_participant_identically_on_the_decrypted_mean(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Known round updates (the participant's record count): the decrypted mean, 17, is
+    the negative gradient of one AdamW step per round in every participant, so after two
+    rounds each coefficient moved by the learning rate twice (after weight decay), not by
+    2 x 17 as the paper's mean would."""
+    from participant.calibration import CalibrationConfig, LocalCalibrator
+
+    def known_update(self, coefficients):  # type: ignore[no-untyped-def]
+        return torch.full_like(coefficients, float(len(self.queries.texts)))
+
+    monkeypatch.setattr(LocalCalibrator, "run_round", known_update)
+    server = coordinator_factory()
+    calibration = CalibrationConfig(rounds=2, steps_per_round=1, batch_size=4,
+                                    optimizer="global_adam", learning_rate=0.05)
+    _run_all([
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            vector_source="public", calibration=calibration,
+                            max_calibration_records=records)
+        for pid, records in (("org1", 2), ("org2", 32))
+    ])
+    expected = torch.tensor([0.1, 1.0, 0.1, 1.0])
+    for _ in range(2):  # both rounds at the peak rate (1-round warm-up, cosine from there)
+        expected = expected * (1 - 0.05 * 1e-3) + 0.05
+    for pid in ("org1", "org2"):
+        saved = torch.load(tmp_path / pid / "fed-test-sst2-calibrated.pt", weights_only=True)
+        assert torch.allclose(saved["coefficients"], expected.expand(2, 4), atol=1e-4)
+
+
 @pytest.mark.parametrize("epsilon", [float("inf"), 4.0])
 def test_vector_weighted_by_record_count(
     coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,

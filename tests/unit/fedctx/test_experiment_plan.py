@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pytest
+
 from fedctx.experiment import ExperimentConfig, plan_runs
 
 
@@ -73,29 +75,33 @@ def test_tasks_flag_runs_a_subset_with_the_same_run_keys(tmp_path, capsys) -> No
     assert "not in" in capsys.readouterr().err
 
 
-def test_update_weighting_axis_adds_fedctx_cells_and_keeps_old_keys() -> None:
-    from participant.calibration import UPDATE_WEIGHTINGS
+@pytest.mark.parametrize(("axis", "field", "values", "label"), [
+    ("update_weightings", "update_weighting", "UPDATE_WEIGHTINGS", "precision-weighted updates"),
+    ("calibration_optimizers", "calibration_optimizer", "CALIBRATION_OPTIMIZERS", "global adam"),
+])
+def test_a_fedctx_only_axis_adds_cells_and_keeps_old_keys(
+    axis: str, field: str, values: str, label: str,
+) -> None:
+    import participant.calibration
     from privacy.errors import ConfigError
 
-    from fedctx.experiment import UPDATE_WEIGHTINGS as restated
+    import fedctx.experiment
     from fedctx.experiment import describe
 
-    assert restated == UPDATE_WEIGHTINGS  # restated to keep --plan free of torch
+    allowed = getattr(participant.calibration, values)
+    assert getattr(fedctx.experiment, values) == allowed  # restated to keep --plan torch-free
+    default, other = allowed
     base = ExperimentConfig(name="x", tasks=("sst2",), epsilons=(math.inf, 8.0),
                             vector_sources=("public",), control_sources=("zero",))
-    both = dataclasses.replace(base, update_weightings=("uniform", "precision"))
+    both = dataclasses.replace(base, **{axis: (default, other)})
     old, new = plan_runs(base), plan_runs(both)
-    assert [r.key() for r in new if r.update_weighting == "uniform"] == [r.key() for r in old]
-    added = [r for r in new if r.update_weighting == "precision"]
+    assert [r.key() for r in new if getattr(r, field) == default] == [r.key() for r in old]
+    added = [r for r in new if getattr(r, field) == other]
     assert {r.method for r in added} == {"fedctx"}  # baselines have one calibrator
     assert sorted((r.epsilon, r.vector_source) for r in added) == [
         (8.0, "public"), (math.inf, "public"), (math.inf, "zero")]
     assert len({r.key() for r in new}) == len(new)
-    assert describe(added[0]).endswith("fedctx public (no DP, precision-weighted updates)")
-    for bad in ((), ("uniform", "by-size")):
-        try:
-            dataclasses.replace(base, update_weightings=bad)
-        except ConfigError as exc:
-            assert "update_weightings" in str(exc)
-        else:
-            raise AssertionError(f"{bad} accepted")
+    assert describe(added[0]).endswith(f"fedctx public (no DP, {label})")
+    for bad in ((), (default, "by-size")):
+        with pytest.raises(ConfigError, match=axis):
+            dataclasses.replace(base, **{axis: bad})

@@ -51,12 +51,17 @@ def test_coefficient_groups_get_their_own_rows() -> None:
     assert "| local_only | 50.0 |" in text
 
 
-def test_precision_weighted_updates_get_their_own_rows() -> None:
-    rows = [*ROWS, _row("fedctx", 0.88, source="public", epsilon=8.0,
-                        update_weighting="precision"),
-            _row("fedctx", 0.82, source="public", epsilon=8.0, update_weighting="uniform")]
+@pytest.mark.parametrize(("field", "default", "other", "label"), [
+    ("update_weighting", "uniform", "precision", "precision-weighted"),
+    ("calibration_optimizer", "local_adamw", "global_adam", "global Adam"),
+])
+def test_calibration_variants_get_their_own_rows(
+    field: str, default: str, other: str, label: str,
+) -> None:
+    rows = [*ROWS, _row("fedctx", 0.88, source="public", epsilon=8.0, **{field: other}),
+            _row("fedctx", 0.82, source="public", epsilon=8.0, **{field: default})]
     text = markdown(rows)
-    assert "| fedctx public (eps=8, precision-weighted) | 88.0 |" in text
+    assert f"| fedctx public (eps=8, {label}) | 88.0 |" in text
     assert "| fedctx public (eps=8) | 82.0 |" in text
 
 

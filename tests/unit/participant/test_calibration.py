@@ -146,3 +146,74 @@ def test_update_weight_is_the_inverse_std_of_a_steps_mean_gradient(
     assert weight(2, 18.125) == pytest.approx(2 / (1 + 18.125 ** 2) ** 0.5)
     with pytest.raises(ConfigError, match="update_weighting"):
         CalibrationConfig(update_weighting="by-size")
+
+
+def test_global_coefficients_add_the_mean_update_under_local_adamw() -> None:
+    from participant.calibration import GlobalCoefficients
+
+    start = torch.tensor([[0.1, 1.0, 0.1, 1.0]])
+    state = GlobalCoefficients(start, config=CalibrationConfig(rounds=3))
+    state.apply(torch.full((1, 4), 0.25))
+    assert torch.equal(state.apply(torch.full((1, 4), -0.5)), start - 0.25)
+    assert torch.equal(start, torch.tensor([[0.1, 1.0, 0.1, 1.0]]))  # input untouched
+    with pytest.raises(ValueError, match="shape"):
+        state.apply(torch.zeros(2, 4))
+
+
+def test_global_adam_steps_against_the_mean_update_and_ignores_its_scale() -> None:
+    """With a constant mean update u, bias-corrected Adam moves every coefficient by the
+    scheduled learning rate in u's direction (after AdamW's decay), whatever u's size:
+    the normalisation happens once, on the aggregate."""
+    from participant.calibration import GlobalCoefficients, _schedule
+
+    config = CalibrationConfig(optimizer="global_adam", rounds=5, learning_rate=0.05,
+                               weight_decay=1e-3)
+    start = torch.tensor([[0.1, 1.0, 0.1, 1.0], [0.2, 0.5, -0.3, 2.0]])
+    direction = torch.tensor([[1.0, -1.0, 1.0, 1.0], [-1.0, 1.0, 1.0, -1.0]])
+    trajectories = []
+    for scale in (1e-3, 1.0, 1e3):
+        state = GlobalCoefficients(start, config=config)
+        trajectories.append([state.apply(scale * direction) for _ in range(config.rounds)])
+    expected = start.clone()
+    for step, got in enumerate(trajectories[1]):
+        lr = 0.05 * _schedule(step, total=5, warmup_fraction=config.warmup_fraction)
+        expected = expected * (1 - lr * 1e-3) + lr * direction
+        assert torch.allclose(got, expected, atol=1e-5)
+    for other in (trajectories[0], trajectories[2]):
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(other, trajectories[1]))
+
+
+@pytest.mark.parametrize("noise_multiplier", [0.0, 1e-9])
+def test_global_adam_participants_take_plain_sgd_steps_on_clipped_gradients(
+    tiny_llama_dir: Path, shared_data: Path, noise_multiplier: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under ``global_adam`` a round's update is ``-sgd_learning_rate`` times the step's
+    mean gradient (clipped per record and divided by the expected batch under DP), not
+    an AdamW step, so averaging over participants happens before any normalisation."""
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+    config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=0.5, batch_size=4,
+                               steps_per_round=1, max_grad_norm=1.0)
+    calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                 noise_multiplier=noise_multiplier, seed=0)
+    rows = calibrator.coefficients.shape
+    grads = torch.stack([torch.full(rows, v) for v in (0.1, -0.2, 3.0, -4.0)])
+    monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(calibrator, "per_example_gradients", lambda idx: (grads, 1.0))
+    update = calibrator.run_round(calibrator.coefficients.detach().clone())
+    if noise_multiplier:  # each record clipped to norm 1, summed, / expected batch 4
+        clipped = grads * (1.0 / grads.flatten(1).norm(dim=1)).clamp(max=1.0)[:, None, None]
+        step_mean = clipped.sum(0) / 4
+    else:
+        step_mean = grads.mean(0)
+    assert torch.allclose(update, -0.5 * step_mean, atol=1e-5)
+
+
+def test_config_rejects_an_unknown_optimizer_and_a_bad_sgd_rate() -> None:
+    with pytest.raises(ConfigError, match="optimizer"):
+        CalibrationConfig(optimizer="server_adam")
+    with pytest.raises(ConfigError, match="sgd_learning_rate"):
+        CalibrationConfig(optimizer="global_adam", sgd_learning_rate=0.0)
