@@ -1,0 +1,87 @@
+"""How far calibration moved the coefficients, and how much of that move is the task's.
+
+Reads finished ``fedctx experiment`` out folders (the calibrated coefficients each cell's
+participants cached under ``<out>/runs/<run key>/p00/``) and prints, for every fedctx cell,
+the displacement ``d = c - c0`` of the calibrated ``[L, 4]`` coefficients from I2CL's
+initial ones, and how it lines up with the displacement ``d_ref`` of the same task and
+seed's non-private cell on the same participants' data (same evaluation split; the same
+calibration optimizer where one ran, otherwise any, from any of the folders given):
+
+* ``|d|``: how far calibration moved;
+* ``cos``: cosine of ``d`` and ``d_ref``;
+* ``share``: ``<d, d_ref> / |d_ref|^2``, the fraction of the non-private move made along
+  its direction (1: as far as without DP; 0: none of it, whatever else moved).
+
+Under DP a cell's move is the non-private signal (shrunk by whatever the optimiser does
+with noise) plus noise, so ``share`` is a direct, query-free reading of how much signal
+calibration kept, with none of the test-query noise of an accuracy (which it does not
+replace: a move along ``d_ref`` is not an accuracy). The non-private reference injects the
+private vector where the DP cells inject the public one; the two vectors differ, so
+``share`` of 1 is not expected even without noise.
+
+    .venv/bin/python benchmarks/coefficient_displacement.py runs/dp_batch_validation_b12 [more out folders]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from _common import print_footer, print_header, print_table
+
+
+def calibrated(out: Path, run_key: str):  # type: ignore[no-untyped-def]
+    """The ``[L, 4]`` coefficients participant ``p00`` cached for this cell, or None."""
+    import torch
+
+    found = sorted((out / "runs" / run_key / "p00").glob("*-calibrated.pt"))
+    return torch.load(found[0], weights_only=True)["coefficients"] if found else None
+
+
+def main() -> None:
+    import torch
+
+    from participant.hooks import default_coefficients
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("outs", nargs="+", type=Path, help="fedctx experiment --out folders")
+    args = parser.parse_args()
+    print_header("Calibrated coefficients: displacement and its non-private share",
+                 quick=False, torch_threads=False)
+    cells = []
+    for out in args.outs:
+        for line in (out / "results.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if row.get("method") != "fedctx" or "run_key" not in row:
+                continue
+            coefficients = calibrated(out, row["run_key"])
+            if coefficients is not None:
+                move = coefficients - default_coefficients(coefficients.shape[0])
+                cells.append((out.name, row, move.flatten()))
+    table = []
+    for folder, row, move in cells:
+        same = [(r, m) for _, r, m in cells if math.isinf(r["epsilon"]) and all(
+            r.get(k) == row.get(k) for k in ("task", "seed", "participants", "dirichlet_alpha",
+                                             "evaluation_split"))]
+        optimizer = row.get("calibration_optimizer", "local_adamw")
+        preferred = [c for c in same if c[0].get("calibration_optimizer", "local_adamw")
+                     == optimizer] or same
+        cos = share = "—"
+        if preferred:
+            ref = preferred[0][1]
+            cos = f"{torch.nn.functional.cosine_similarity(move, ref, dim=0).item():.2f}"
+            share = f"{(move @ ref / (ref @ ref)).item():.2f}"
+        eps = "no DP" if math.isinf(row["epsilon"]) else f"{row['epsilon']:g}"
+        table.append([folder, row["task"], row["seed"], eps, row["vector_source"], optimizer,
+                      row.get("update_weighting", "uniform"), f"{100 * row['accuracy']:.1f}",
+                      f"{move.norm().item():.3f}", cos, share])
+    table.sort(key=lambda r: (r[1], r[2], r[0], r[5], r[3]))
+    print_table(["out folder", "task", "seed", "epsilon", "vector", "optimizer", "weighting", "accuracy",
+                 "|d|", "cos(d, d_ref)", "share of d_ref"], table, left=7)
+    print_footer()
+
+
+if __name__ == "__main__":
+    main()
