@@ -52,6 +52,9 @@ def main() -> None:
                  quick=False, torch_threads=False)
     cells = []
     for out in args.outs:
+        if not (out / "results.jsonl").exists():
+            print(f"{out}: no results.jsonl (no finished cell), skipped")
+            continue
         for line in (out / "results.jsonl").read_text().splitlines():
             row = json.loads(line)
             if row.get("method") != "fedctx" or "run_key" not in row:
