@@ -4,13 +4,16 @@ Reads finished ``fedctx experiment`` out folders (the calibrated coefficients ea
 participants cached under ``<out>/runs/<run key>/p00/``) and prints, for every fedctx cell,
 the displacement ``d = c - c0`` of the calibrated ``[L, 4]`` coefficients from I2CL's
 initial ones, and how it lines up with the displacement ``d_ref`` of the same task and
-seed's non-private cell on the same participants' data (same evaluation split; the same
-calibration optimizer where one ran, otherwise any, from any of the folders given):
+seed's non-private cell on the same participants' data (same evaluation split, from any of
+the folders given):
 
 * ``|d|``: how far calibration moved;
 * ``cos``: cosine of ``d`` and ``d_ref``;
 * ``share``: ``<d, d_ref> / |d_ref|^2``, the fraction of the non-private move made along
-  its direction (1: as far as without DP; 0: none of it, whatever else moved).
+  its direction (1: as far as without DP; 0: none of it, whatever else moved);
+
+each against two references: the non-private cell with the same calibration optimizer
+(the cell's own method without DP) and the one with the paper's local AdamW.
 
 Under DP a cell's move is the non-private signal (shrunk by whatever the optimiser does
 with noise) plus noise, so ``share`` is a direct, query-free reading of how much signal
@@ -40,6 +43,11 @@ def calibrated(out: Path, run_key: str):  # type: ignore[no-untyped-def]
     return torch.load(found[0], weights_only=True)["coefficients"] if found else None
 
 
+def optimizer_of(row: dict) -> str:  # type: ignore[type-arg]
+    """The cell's calibration optimizer (rows from before the axis used local AdamW)."""
+    return str(row.get("calibration_optimizer", "local_adamw"))
+
+
 def main() -> None:
     import torch
 
@@ -65,24 +73,23 @@ def main() -> None:
                 cells.append((out.name, row, move.flatten()))
     table = []
     for folder, row, move in cells:
-        same = [(r, m) for _, r, m in cells if math.isinf(r["epsilon"]) and all(
-            r.get(k) == row.get(k) for k in ("task", "seed", "participants", "dirichlet_alpha",
-                                             "evaluation_split"))]
-        optimizer = row.get("calibration_optimizer", "local_adamw")
-        preferred = [c for c in same if c[0].get("calibration_optimizer", "local_adamw")
-                     == optimizer] or same
-        cos = share = "—"
-        if preferred:
-            ref = preferred[0][1]
-            cos = f"{torch.nn.functional.cosine_similarity(move, ref, dim=0).item():.2f}"
-            share = f"{(move @ ref / (ref @ ref)).item():.2f}"
+        references = {optimizer_of(r): m for _, r, m in reversed(cells)
+                      if math.isinf(r["epsilon"]) and all(r.get(k) == row.get(k) for k in (
+                          "task", "seed", "participants", "dirichlet_alpha", "evaluation_split"))}
+        readings = []
+        for reference in (optimizer_of(row), "local_adamw"):
+            ref = references.get(reference)
+            readings += ["—", "—"] if ref is None else [
+                f"{torch.nn.functional.cosine_similarity(move, ref, dim=0).item():.2f}",
+                f"{(move @ ref / (ref @ ref)).item():.2f}"]
         eps = "no DP" if math.isinf(row["epsilon"]) else f"{row['epsilon']:g}"
-        table.append([folder, row["task"], row["seed"], eps, row["vector_source"], optimizer,
-                      row.get("update_weighting", "uniform"), f"{100 * row['accuracy']:.1f}",
-                      f"{move.norm().item():.3f}", cos, share])
+        table.append([folder, row["task"], row["seed"], eps, row["vector_source"],
+                      optimizer_of(row), row.get("update_weighting", "uniform"),
+                      f"{100 * row['accuracy']:.1f}", f"{move.norm().item():.3f}", *readings])
     table.sort(key=lambda r: (r[1], r[2], r[0], r[5], r[3]))
-    print_table(["out folder", "task", "seed", "epsilon", "vector", "optimizer", "weighting", "accuracy",
-                 "|d|", "cos(d, d_ref)", "share of d_ref"], table, left=7)
+    print_table(["out folder", "task", "seed", "epsilon", "vector", "optimizer", "weighting",
+                 "accuracy", "|d|", "cos, same opt.", "share, same opt.", "cos, local AdamW",
+                 "share, local AdamW"], table, left=7)
     print_footer()
 
 
