@@ -5,7 +5,7 @@ participants cached under ``<out>/runs/<run key>/p00/``) and prints, for every f
 the displacement ``d = c - c0`` of the calibrated ``[L, 4]`` coefficients from I2CL's
 initial ones, and how it lines up with the displacement ``d_ref`` of the same task and
 seed's non-private cell on the same participants' data (same evaluation split, from any of
-the folders given):
+the folders given; the first folder's where several match):
 
 * ``|d|``: how far calibration moved;
 * ``cos``: cosine of ``d`` and ``d_ref``;
