@@ -102,8 +102,10 @@ class CalibrationConfig:
             On a subj validation split it was the stronger optimiser with and without DP,
             but its own private-to-non-private gap was not smaller (docs/results.md §11).
         sgd_learning_rate: the participants' SGD step under ``global_adam`` (constant).
-            With one step per round it only scales the pseudo-gradient, which Adam's
-            normalisation removes.
+            With one step per round (the measured setting) it only scales the
+            pseudo-gradient, which Adam's normalisation removes; with several local steps
+            it is a real step size on clipped gradients (norm up to ``max_grad_norm``) and
+            needs choosing.
     """
 
     learning_rate: float = 0.05
