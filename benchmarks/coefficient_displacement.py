@@ -12,15 +12,19 @@ the folders given; the first folder's where several match):
 * ``share``: ``<d, d_ref> / |d_ref|^2``, the fraction of the non-private move made along
   its direction (1: as far as without DP; 0: none of it, whatever else moved);
 
-each against two references: the non-private cell with the same calibration optimizer
-(the cell's own method without DP) and the one with the paper's local AdamW.
+each against three non-private references: the paper's (private vector, local AdamW,
+uniform mean), the cell's own method (same optimizer and update weighting) with the
+private vector, and the cell's own method with the cell's own vector source. The last
+isolates DP: under DP the cells inject the public vector, so against the private-vector
+references a share below 1 mixes what DP costs with what changing the vector changes.
 
 Under DP a cell's move is the non-private signal (shrunk by whatever the optimiser does
 with noise) plus noise, so ``share`` is a direct, query-free reading of how much signal
 calibration kept, with none of the test-query noise of an accuracy (which it does not
 replace: a move along ``d_ref`` is not an accuracy). The non-private reference injects the
 private vector where the DP cells inject the public one; the two vectors differ, so
-``share`` of 1 is not expected even without noise.
+``share`` of 1 is not expected from them even without noise (the third reference, where
+it exists, compares like with like).
 
     .venv/bin/python benchmarks/coefficient_displacement.py runs/dp_batch_validation_b12 [more out folders]
 """
@@ -35,17 +39,33 @@ from pathlib import Path
 from _common import print_footer, print_header, print_table
 
 
-def calibrated(out: Path, run_key: str):  # type: ignore[no-untyped-def]
-    """The ``[L, 4]`` coefficients participant ``p00`` cached for this cell, or None."""
+def calibrated_state(out: Path, run_key: str):  # type: ignore[no-untyped-def]
+    """What participant ``p00`` cached for this cell (``coefficients`` ``[L, 4]``,
+    ``vector`` ``[2, L, d]``, ...), or None."""
     import torch
 
     found = sorted((out / "runs" / run_key / "p00").glob("*-calibrated.pt"))
-    return torch.load(found[0], weights_only=True)["coefficients"] if found else None
+    return torch.load(found[0], weights_only=True) if found else None
 
 
-def optimizer_of(row: dict) -> str:  # type: ignore[type-arg]
-    """The cell's calibration optimizer (rows from before the axis used local AdamW)."""
-    return str(row.get("calibration_optimizer", "local_adamw"))
+def method_of(row: dict,  # type: ignore[type-arg]
+              vector_source: str | None = None) -> tuple[str, str, str]:
+    """``(optimizer, update weighting, vector source)`` of a cell (rows from before those
+    axes used local AdamW and the uniform mean); ``vector_source`` overrides the row's."""
+    return (str(row.get("calibration_optimizer", "local_adamw")),
+            str(row.get("update_weighting", "uniform")),
+            vector_source or str(row["vector_source"]))
+
+
+PAPER = ("local_adamw", "uniform", "private")
+
+
+def same_data(row: dict, other: dict) -> bool:  # type: ignore[type-arg]
+    """Same participants' records and queries (rows from before the evaluation-split
+    option were scored on the test split)."""
+    return (all(row.get(k) == other.get(k)
+                for k in ("task", "seed", "participants", "dirichlet_alpha"))
+            and row.get("evaluation_split", "test") == other.get("evaluation_split", "test"))
 
 
 def main() -> None:
@@ -67,29 +87,30 @@ def main() -> None:
             row = json.loads(line)
             if row.get("method") != "fedctx" or "run_key" not in row:
                 continue
-            coefficients = calibrated(out, row["run_key"])
-            if coefficients is not None:
+            state = calibrated_state(out, row["run_key"])
+            if state is not None:
+                coefficients = state["coefficients"]
                 move = coefficients - default_coefficients(coefficients.shape[0])
                 cells.append((out.name, row, move.flatten()))
     table = []
     for folder, row, move in cells:
-        references = {optimizer_of(r): m for _, r, m in reversed(cells)
-                      if math.isinf(r["epsilon"]) and all(r.get(k) == row.get(k) for k in (
-                          "task", "seed", "participants", "dirichlet_alpha", "evaluation_split"))}
+        references = {method_of(r): m for _, r, m in reversed(cells)
+                      if math.isinf(r["epsilon"]) and same_data(r, row)}
         readings = []
-        for reference in (optimizer_of(row), "local_adamw"):
+        for reference in (PAPER, method_of(row, "private"), method_of(row)):
             ref = references.get(reference)
             readings += ["—", "—"] if ref is None else [
                 f"{torch.nn.functional.cosine_similarity(move, ref, dim=0).item():.2f}",
                 f"{(move @ ref / (ref @ ref)).item():.2f}"]
+        optimizer, weighting, source = method_of(row)
         eps = "no DP" if math.isinf(row["epsilon"]) else f"{row['epsilon']:g}"
-        table.append([folder, row["task"], row["seed"], eps, row["vector_source"],
-                      optimizer_of(row), row.get("update_weighting", "uniform"),
+        table.append([folder, row["task"], row["seed"], eps, source, optimizer, weighting,
                       f"{100 * row['accuracy']:.1f}", f"{move.norm().item():.3f}", *readings])
-    table.sort(key=lambda r: (r[1], r[2], r[0], r[5], r[3]))
+    table.sort(key=lambda r: (r[1], r[2], r[0], r[5], r[4], r[3]))
     print_table(["out folder", "task", "seed", "epsilon", "vector", "optimizer", "weighting",
-                 "accuracy", "|d|", "cos, same opt.", "share, same opt.", "cos, local AdamW",
-                 "share, local AdamW"], table, left=7)
+                 "accuracy", "|d|", "cos, paper", "share, paper", "cos, same method",
+                 "share, same method", "cos, same method and vector",
+                 "share, same method and vector"], table, left=7)
     print_footer()
 
 

@@ -26,18 +26,18 @@ class Scores:
     seconds: float
 
 
-def predict(
+def label_scores(
     lm: LoadedModel, sites: LayerSites, task: TaskSpec, texts: list[str], *,
     vector: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
     batch_size: int = 16, progress: bool = False,
-) -> list[int]:
-    """Class index per text: argmax over the label words' first tokens at the last token.
+) -> torch.Tensor:
+    """``[len(texts), C]`` logits of the label words' first tokens at the last token.
 
     With ``vector`` ``[2, L, d]`` and ``coefficients`` ``[L, 4]`` the context is injected
     at every layer and token; otherwise this is plain zero-shot.
     """
     label_ids = torch.tensor(task.label_token_ids(lm.tokenizer), dtype=torch.long)
-    predictions: list[int] = []
+    scores: list[torch.Tensor] = []
     for start in tqdm(range(0, len(texts), batch_size), disable=not progress, leave=False,
                       desc="predict"):
         prompts = [task.query(t) for t in texts[start : start + batch_size]]
@@ -49,9 +49,18 @@ def predict(
         )
         with torch.no_grad(), hooks:
             final = last_token_logits(lm.model, enc["input_ids"], enc["attention_mask"], last)
-        scores = final[:, label_ids.to(final.device)]
-        predictions += scores.argmax(dim=-1).tolist()
-    return predictions
+        scores.append(final[:, label_ids.to(final.device)].float().cpu())
+    return torch.cat(scores) if scores else torch.empty(0, len(task.labels))
+
+
+def predict(
+    lm: LoadedModel, sites: LayerSites, task: TaskSpec, texts: list[str], *,
+    vector: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
+    batch_size: int = 16, progress: bool = False,
+) -> list[int]:
+    """Class index per text: argmax of :func:`label_scores`."""
+    return label_scores(lm, sites, task, texts, vector=vector, coefficients=coefficients,
+                        batch_size=batch_size, progress=progress).argmax(dim=-1).tolist()
 
 
 def score(predictions: list[int], labels: list[int], *, num_classes: int, seconds: float = 0.0) -> Scores:
