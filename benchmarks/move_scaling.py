@@ -56,7 +56,7 @@ def main() -> None:
         raise SystemExit(f"{args.config} scores the {config.evaluation_split} split; "
                          "pass --allow-test-split to read it anyway")
     harness = Harness(config, args.out)
-    lm, sites = harness._lm()
+    lm, sites = harness.model()
     spec_fields = RunSpec.__dataclass_fields__
     table = []
     for line in (args.out / "results.jsonl").read_text().splitlines():

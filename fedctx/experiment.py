@@ -291,7 +291,9 @@ class Harness:
         return list(self.finished().values())
 
     # -- shared pieces -----------------------------------------------------------------
-    def _lm(self):  # type: ignore[no-untyped-def]
+    def model(self):  # type: ignore[no-untyped-def]
+        """``(LoadedModel, layer sites)`` of the config's model, loaded once. Public so
+        that analyses (``benchmarks/move_scaling.py``) score with the sweep's model."""
         if "lm" not in self._cache:
             from participant.layers import resolve_layer_sites
             from participant.model import load_model
@@ -352,7 +354,7 @@ class Harness:
     def _baseline_zero_shot(self, spec: RunSpec) -> dict[str, object]:
         from participant.evaluation import evaluate
 
-        lm, sites = self._lm()
+        lm, sites = self.model()
         task, _, test, _ = self.splits(spec)
         return {**self._scores(evaluate(lm, sites, task, test)), "epsilon_spent": 0.0}
 
@@ -360,7 +362,7 @@ class Harness:
         from participant.data import balanced_sample
         from participant.evaluation import few_shot_predict, score
 
-        lm, _ = self._lm()
+        lm, _ = self.model()
         task, parts, test, _ = self.splits(spec)
         pooled = [e for p in parts for e in p]
         demos = balanced_sample(pooled, per_class=self.config.few_shot_per_class,
@@ -377,7 +379,7 @@ class Harness:
         from participant.data import balanced_sample
         from participant.hooks import default_coefficients
 
-        lm, sites = self._lm()
+        lm, sites = self.model()
         task = self.splits(spec)[0]
         demos = balanced_sample(records, per_class=self.config.demonstrations_per_class,
                                 num_classes=len(task.labels), seed=seed)
@@ -394,7 +396,7 @@ class Harness:
     def _baseline_local_only(self, spec: RunSpec) -> dict[str, object]:
         from participant.evaluation import evaluate
 
-        lm, sites = self._lm()
+        lm, sites = self.model()
         task, parts, test, _ = self.splits(spec)
         accs, f1s = [], []
         for index in range(min(self.config.local_only_participants, len(parts))):
@@ -410,7 +412,7 @@ class Harness:
     def _baseline_centralised(self, spec: RunSpec) -> dict[str, object]:
         from participant.evaluation import evaluate
 
-        lm, sites = self._lm()
+        lm, sites = self.model()
         task, parts, test, _ = self.splits(spec)
         pooled = [e for p in parts for e in p]
         vector, coefficients = self._i2cl(spec, pooled, seed=spec.seed)
