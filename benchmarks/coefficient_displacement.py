@@ -17,6 +17,9 @@ uniform mean), the cell's own method (same optimizer and update weighting) with 
 private vector, and the cell's own method with the cell's own vector source. The last
 isolates DP: under DP the cells inject the public vector, so against the private-vector
 references a share below 1 mixes what DP costs with what changing the vector changes.
+Where a precision-weighted cell has no precision-weighted non-private reference, the
+uniform one of its optimiser stands in: without DP the precision weights are the records
+per step, equal for every participant with at least a batch of records.
 
 Under DP a cell's move is the non-private signal (shrunk by whatever the optimiser does
 with noise) plus noise, so ``share`` is a direct, query-free reading of how much signal
@@ -98,7 +101,8 @@ def main() -> None:
                       if math.isinf(r["epsilon"]) and same_data(r, row)}
         readings = []
         for reference in (PAPER, method_of(row, "private"), method_of(row)):
-            ref = references.get(reference)
+            ref = references.get(reference, references.get((reference[0], "uniform",
+                                                            reference[2])))
             readings += ["—", "—"] if ref is None else [
                 f"{torch.nn.functional.cosine_similarity(move, ref, dim=0).item():.2f}",
                 f"{(move @ ref / (ref @ ref)).item():.2f}"]

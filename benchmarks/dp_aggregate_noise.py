@@ -15,8 +15,13 @@ noise std on its step's mean clipped gradient, in units of the clip norm, is
   inverse-variance weighted mean (weights ``1 / s_k^2``, std ``1 / sqrt(sum_k 1 / s_k^2)``).
 
 Only the accountant and the data split run; no model is loaded. These are linear noise
-figures: each participant's update passes through local AdamW steps, which are not linear
-in the noise, so the table says where the noise enters, not the accuracy it costs.
+figures: they describe ``optimizer = "global_adam"``, whose participants send plain SGD
+updates. With the paper's local AdamW each participant's update is already divided by the
+root mean square of its own (under DP mostly noise) gradients, which weights it by about
+``1 / s_k``: the uniform mean of AdamW updates then behaves roughly like the
+precision-weighted column, and precision weights on top like the inverse-variance one
+(docs/results.md §13: no measurable accuracy gain at epsilon 1, where the uniform column
+promised 2.8-4.2x less noise). The table says where the noise enters, not the accuracy it costs.
 
     .venv/bin/python benchmarks/dp_aggregate_noise.py [--tasks sst2 subj trec agnews] [--seeds 0 1 2]
         [--evaluation-split test|validation]
