@@ -7,7 +7,9 @@ turns at the CPUs for model work, one per usable core; see ``Participant``'s
 ``compute_slot``). Baselines
 (zero-shot, few-shot ICL, local-only I2CL, centralised I2CL) run in-process on the same
 splits and test queries. Results are appended to ``results.jsonl`` as each run ends; a
-killed sweep resumes without redoing finished runs.
+killed sweep resumes without redoing finished runs, and an out folder refuses a config
+whose settings (what is not in a run key: rounds, records, test queries...) differ from
+those its rows were computed under (``settings.json``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ METHOD_LORA = "dp_fedavg_lora"
 UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``participant.calibration.CALIBRATION_OPTIMIZERS``, restated for the same reason.
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
+
+
+#: ``ExperimentConfig`` fields that are grid axes (in every run key) or do not change what
+#: a cell computes; the other fields are an out folder's settings.
+_NOT_SETTINGS = frozenset({
+    "name", "device", "data_root", "tasks", "participants", "dirichlet_alpha", "epsilons",
+    "vector_sources", "controls_at_epsilon", "control_sources", "seeds", "baselines",
+    "vector_clip_modes", "vector_denoise_modes", "coefficient_groups", "update_weightings",
+    "calibration_optimizers",
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +113,14 @@ class ExperimentConfig:
         if unknown or not self.calibration_optimizers:
             raise ConfigError(f"calibration_optimizers must be a non-empty list of "
                               f"{CALIBRATION_OPTIMIZERS}, got {list(self.calibration_optimizers)}")
+
+    def settings(self) -> dict[str, object]:
+        """What shapes a cell's result without being in its run key: every field but the
+        grid axes, ``name``, ``device`` (a GPU redraws but runs the same cell) and
+        ``data_root`` (the same data may sit elsewhere on another machine). Rows of one
+        out folder are comparable only under the same settings (:meth:`Harness.run`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in _NOT_SETTINGS}
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -263,8 +283,34 @@ class Harness:
             rows[row["run_key"]] = row
         return rows
 
+    @property
+    def settings_file(self) -> Path:
+        """The settings the folder's rows were computed under (written by the first run)."""
+        return self.out_dir / "settings.json"
+
+    def check_settings(self) -> None:
+        """Refuse a folder whose rows were computed under other settings: a run key names
+        only the cell, so resuming with, e.g., another ``test_per_class`` or ``rounds``
+        would silently mix two experiments in one table. (A folder from before this file
+        existed adopts the current settings.)"""
+        if not self.settings_file.exists():
+            return
+        try:
+            recorded = json.loads(self.settings_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read {self.settings_file}: {exc}") from exc
+        current = json.loads(json.dumps(self.config.settings()))  # tuples as lists
+        changed = sorted(k for k in recorded.keys() | current.keys()
+                         if recorded.get(k) != current.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} here"
+                             for k in changed)
+            raise ConfigError(f"{self.out_dir} holds runs made with other settings ({diff}); "
+                              "use another --out, or the folder's settings")
+
     def pending(self) -> list[RunSpec]:
         """The cells not yet in the results file, in the order :meth:`run` takes them."""
+        self.check_settings()
         done = self.finished()
         return sorted((r for r in plan_runs(self.config) if r.key() not in done), key=_priority)
 
@@ -272,8 +318,11 @@ class Harness:
         """Run every unfinished cell; returns all rows."""
         from tqdm.auto import tqdm
 
+        pending = self.pending()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for spec in tqdm(self.pending(), desc="runs", disable=not progress):
+        if not self.settings_file.exists():
+            self.settings_file.write_text(json.dumps(self.config.settings(), indent=1) + "\n")
+        for spec in tqdm(pending, desc="runs", disable=not progress):
             start = time.perf_counter()
             try:
                 row = self._run_one(spec)

@@ -59,6 +59,19 @@ def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, sha
     redone = next(r for r in rerun if r["run_key"] == private["run_key"])
     assert 0 < redone["epsilon_spent"] <= 4.0 + 1e-6
 
+    # Another setting (not in any run key) would mix two experiments in one folder:
+    # refused before anything runs; another grid axis is just more cells.
+    from dataclasses import replace
+
+    from privacy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"test_per_class: 4 there, 5 here"):
+        Harness(replace(config, test_per_class=5), tmp_path / "out").run(progress=False)
+    wider = Harness(replace(config, seeds=(0, 1), device="cpu:0", name="renamed"),
+                    tmp_path / "out")
+    assert len(wider.pending()) == len(plan_runs(config))  # seed 1's cells
+    assert (tmp_path / "out" / "results.jsonl").read_text().count("\n") == len(rerun)
+
     table = markdown([json.loads(line) for line in before.splitlines()])
     assert "fedctx private (eps=4)" in table and "zero_shot" in table
     assert "fedctx private (eps=4, James-Stein)" in table
