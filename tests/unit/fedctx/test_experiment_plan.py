@@ -105,3 +105,25 @@ def test_a_fedctx_only_axis_adds_cells_and_keeps_old_keys(
     for bad in ((), (default, "by-size")):
         with pytest.raises(ConfigError, match=axis):
             dataclasses.replace(base, **{axis: bad})
+
+
+def test_settings_added_since_a_folder_was_written_read_as_their_defaults(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A folder whose settings.json predates a config field (here ``accountant``) ran
+    with that field's default: resuming at the default is allowed, another value is
+    refused by name, and an unknown accountant is a config error."""
+    import json
+
+    from fedctx.experiment import Harness
+    from privacy.errors import ConfigError
+
+    config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(8.0,),
+                              vector_sources=("public",), control_sources=(), baselines=())
+    out = tmp_path / "out"
+    out.mkdir()
+    older = {k: v for k, v in config.settings().items() if k != "accountant"}
+    (out / "settings.json").write_text(json.dumps(older))
+    assert len(Harness(config, out).pending()) == 1
+    with pytest.raises(ConfigError, match=r"accountant: 'rdp' there, 'prv' here"):
+        Harness(dataclasses.replace(config, accountant="prv"), out).pending()
+    with pytest.raises(ConfigError, match="accountant must be 'rdp' or 'prv'"):
+        dataclasses.replace(config, accountant="moments")
