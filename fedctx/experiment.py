@@ -74,7 +74,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0,)
     delta: float = 1e-5
     #: Opacus accountant every DP participant derives its noise with (``rdp``, the
-    #: recorded tables', or ``prv``: the same guarantee with 6-11% less noise here,
+    #: recorded tables', or ``prv``: the same guarantee with 6-10% less noise here,
     #: docs/privacy.md).
     accountant: str = "rdp"
     demonstrations_per_class: int = 4
