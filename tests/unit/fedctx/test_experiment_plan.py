@@ -113,8 +113,11 @@ def test_settings_added_since_a_folder_was_written_read_as_their_defaults(tmp_pa
     refused by name, and an unknown accountant is a config error."""
     import json
 
-    from fedctx.experiment import Harness
+    import privacy.accounting
+    from fedctx.experiment import ACCOUNTANTS, Harness
     from privacy.errors import ConfigError
+
+    assert ACCOUNTANTS == privacy.accounting.ACCOUNTANTS  # restated to keep configs torch-free
 
     config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(8.0,),
                               vector_sources=("public",), control_sources=(), baselines=())
