@@ -33,7 +33,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-SHARED_DATA = REPO.parent / "shared" / "data"
+# $FEDCTX_DATA (as participant.data reads it) or the ../shared/data beside the checkout
+SHARED_DATA = Path(os.environ.get("FEDCTX_DATA") or REPO.parent / "shared" / "data")
 
 
 # --------------------------------------------------------------------------- reporting
