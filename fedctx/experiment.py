@@ -86,6 +86,9 @@ class ExperimentConfig:
     steps_per_round: int = 6
     batch_size: int = 16
     learning_rate: float = 0.05
+    #: DP-SGD's per-record clip of the calibration gradient (the sensitivity the noise is
+    #: scaled to); ignored without privacy. Every record is clipped at 1 (docs/results.md §6).
+    max_grad_norm: float = 1.0
     test_per_class: int = 25
     few_shot_per_class: int = 1
     baselines: tuple[str, ...] = ("zero_shot", "few_shot", "local_only", "centralised")
@@ -112,6 +115,8 @@ class ExperimentConfig:
         if self.evaluation_split not in ("test", "validation"):
             raise ConfigError("evaluation_split must be 'test' or 'validation', "
                               f"got {self.evaluation_split!r}")
+        if not self.max_grad_norm > 0:  # also refuses NaN
+            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant must be {' or '.join(map(repr, ACCOUNTANTS))}, "
                               f"got {self.accountant!r}")
@@ -401,6 +406,7 @@ class Harness:
         c = self.config
         return CalibrationConfig(rounds=c.rounds, steps_per_round=c.steps_per_round,
                                  batch_size=c.batch_size, learning_rate=c.learning_rate,
+                                 max_grad_norm=c.max_grad_norm,
                                  coefficient_groups=spec.coefficient_groups,
                                  update_weighting=spec.update_weighting,
                                  optimizer=spec.calibration_optimizer)

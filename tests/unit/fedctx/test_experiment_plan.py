@@ -130,3 +130,27 @@ def test_settings_added_since_a_folder_was_written_read_as_their_defaults(tmp_pa
         Harness(dataclasses.replace(config, accountant="prv"), out).pending()
     with pytest.raises(ConfigError, match="accountant must be 'rdp' or 'prv'"):
         dataclasses.replace(config, accountant="moments")
+
+
+def test_the_calibration_clip_is_a_setting_passed_to_calibration(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``max_grad_norm`` reaches every participant's calibration config, rows made with
+    another clip are kept apart by settings.json, and a clip that is not > 0 is refused."""
+    import json
+
+    from fedctx.experiment import Harness
+    from privacy.errors import ConfigError
+
+    config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(8.0,),
+                              vector_sources=("public",), control_sources=(), baselines=(),
+                              max_grad_norm=10.0)
+    spec = Harness(config, tmp_path).pending()[0]
+    assert Harness(config, tmp_path)._calibration(spec).max_grad_norm == 10.0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(
+        {k: v for k, v in config.settings().items() if k != "max_grad_norm"}))
+    with pytest.raises(ConfigError, match=r"max_grad_norm: 1.0 there, 10.0 here"):
+        Harness(config, out).pending()
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="max_grad_norm must be > 0"):
+            dataclasses.replace(config, max_grad_norm=bad)
