@@ -87,7 +87,7 @@ class ExperimentConfig:
     batch_size: int = 16
     learning_rate: float = 0.05
     #: DP-SGD's per-record clip of the calibration gradient (the sensitivity the noise is
-    #: scaled to); ignored without privacy. Every record is clipped at 1 (docs/results.md §6).
+    #: scaled to); ignored without privacy. Nearly every record is clipped at 1 (results §6, §16).
     max_grad_norm: float = 1.0
     test_per_class: int = 25
     few_shot_per_class: int = 1
