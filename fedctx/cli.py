@@ -99,7 +99,23 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         for number, spec in enumerate(pending, 1):
             print(f"{number:4d}. {describe(spec)}")
         return 0
-    rows = Harness(config, out).run() if not args.report_only else load_rows(out / "results.jsonl")
+    if args.cell:  # one cell, as a child of --jobs: no report (the parent writes it)
+        keys = {spec.key() for spec in plan_runs(config)}
+        if args.cell not in keys:
+            raise FedCtxError(f"--cell {args.cell} is not a cell of {args.config}")
+        Harness(config, out).run(progress=False, keys=frozenset({args.cell}))
+        return 0
+    if args.report_only:
+        rows = load_rows(out / "results.jsonl")
+    elif args.jobs > 1:
+        from .parallel import cell_command, run_in_processes
+
+        child = ["experiment", "--config", args.config, "--out", str(out)]
+        child += ["--device", args.device] if args.device else []
+        rows = run_in_processes(Harness(config, out), jobs=args.jobs,
+                                command=cell_command(child))
+    else:
+        rows = Harness(config, out).run()
     command = f"fedctx experiment --config {args.config} --out {out}"
     text = markdown(rows, command=command)
     (out / "report.md").write_text(text)
@@ -215,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=[], help="run only these of the config's tasks")
     p.add_argument("--plan", action="store_true",
                    help="list the cells still to run, in run order, and exit (loads nothing)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once, one process each (e.g. several on one GPU)")
+    p.add_argument("--cell", default="", help=argparse.SUPPRESS)  # a --jobs child's run key
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("infer", help="classify texts with a calibrated task")

@@ -42,13 +42,20 @@ CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 ACCOUNTANTS = ("rdp", "prv")
 
 
+#: Axes whose TOML integers (``[1, 3]``) are read as floats.
+_FLOAT_AXES = frozenset({"epsilons", "max_grad_norms", "clip_quantiles"})
+
+#: Settings that became grid axes, with the value that every row of a folder recording
+#: it was computed at for it to be keyed as today (another value is refused).
+_FORMER_SETTINGS = {"max_grad_norm": 1.0}
+
 #: ``ExperimentConfig`` fields that are grid axes (in every run key) or do not change what
 #: a cell computes; the other fields are an out folder's settings.
 _NOT_SETTINGS = frozenset({
     "name", "device", "data_root", "tasks", "participants", "dirichlet_alpha", "epsilons",
     "vector_sources", "controls_at_epsilon", "control_sources", "seeds", "baselines",
     "vector_clip_modes", "vector_denoise_modes", "coefficient_groups", "update_weightings",
-    "calibration_optimizers",
+    "calibration_optimizers", "max_grad_norms", "clip_quantiles",
 })
 
 
@@ -86,9 +93,15 @@ class ExperimentConfig:
     steps_per_round: int = 6
     batch_size: int = 16
     learning_rate: float = 0.05
-    #: DP-SGD's per-record clip of the calibration gradient (the sensitivity the noise is
-    #: scaled to); ignored without privacy. Nearly every record is clipped at 1 (results §6, §16).
-    max_grad_norm: float = 1.0
+    #: DP-SGD's per-record clips of the calibration gradient (the sensitivity the noise is
+    #: scaled to; the starting clip where it adapts): an axis for fedctx cells under DP.
+    #: Nearly every record is clipped at 1 (results §6, §16).
+    max_grad_norms: tuple[float, ...] = (1.0,)
+    #: Adaptive clipping's target quantiles of the per-record gradient norms (0 = a fixed
+    #: clip; see ``CalibrationConfig.clip_quantile``): an axis for fedctx cells under DP.
+    clip_quantiles: tuple[float, ...] = (0.0,)
+    #: The adaptive clip's geometric step (``CalibrationConfig.clip_learning_rate``).
+    clip_learning_rate: float = 0.5
     test_per_class: int = 25
     few_shot_per_class: int = 1
     baselines: tuple[str, ...] = ("zero_shot", "few_shot", "local_only", "centralised")
@@ -115,8 +128,12 @@ class ExperimentConfig:
         if self.evaluation_split not in ("test", "validation"):
             raise ConfigError("evaluation_split must be 'test' or 'validation', "
                               f"got {self.evaluation_split!r}")
-        if not self.max_grad_norm > 0:  # also refuses NaN
-            raise ConfigError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
+        if not self.max_grad_norms or not all(c > 0 for c in self.max_grad_norms):  # NaN too
+            raise ConfigError("max_grad_norms must be a non-empty list of clips > 0, "
+                              f"got {list(self.max_grad_norms)}")
+        if not self.clip_quantiles or not all(0 <= q < 1 for q in self.clip_quantiles):
+            raise ConfigError("clip_quantiles must be a non-empty list in [0, 1) "
+                              f"(0 = a fixed clip), got {list(self.clip_quantiles)}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant must be {' or '.join(map(repr, ACCOUNTANTS))}, "
                               f"got {self.accountant!r}")
@@ -150,7 +167,7 @@ class ExperimentConfig:
             raise ConfigError(f"{path}: unknown experiment keys {sorted(unknown)}")
         for key, value in list(table.items()):
             if isinstance(value, list):
-                table[key] = tuple(float(v) if key in ("epsilons",) else v for v in value)
+                table[key] = tuple(float(v) if key in _FLOAT_AXES else v for v in value)
         return cls(**table)
 
 
@@ -170,13 +187,16 @@ class RunSpec:
     coefficient_groups: int = 0
     update_weighting: str = "uniform"
     calibration_optimizer: str = "local_adamw"
+    max_grad_norm: float = 1.0
+    clip_quantile: float = 0.0
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
         fields_ = asdict(self)
         for name, default in (("vector_clip_mode", "deviation"), ("vector_denoise", "none"),
                               ("coefficient_groups", 0), ("update_weighting", "uniform"),
-                              ("calibration_optimizer", "local_adamw")):
+                              ("calibration_optimizer", "local_adamw"),
+                              ("max_grad_norm", 1.0), ("clip_quantile", 0.0)):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -197,15 +217,19 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
             for eps in config.epsilons:
                 runs.append(RunSpec(task, METHOD_LORA, n, alpha, seed, eps, ""))
         for eps, source in itertools.product(config.epsilons, config.vector_sources):
-            dp_private = source == "private" and not math.isinf(eps)
+            dp = not math.isinf(eps)
+            dp_private = source == "private" and dp
             modes = itertools.product(
                 config.vector_clip_modes if dp_private else ("deviation",),
                 config.vector_denoise_modes if dp_private else ("none",))
-            for (mode, denoise), groups, weighting, optimizer in itertools.product(
-                    modes, config.coefficient_groups, config.update_weightings,
-                    config.calibration_optimizers):
+            clips = itertools.product(config.max_grad_norms if dp else (1.0,),
+                                      config.clip_quantiles if dp else (0.0,))
+            for (mode, denoise), groups, weighting, optimizer, (clip, quantile) in \
+                    itertools.product(modes, config.coefficient_groups,
+                                      config.update_weightings, config.calibration_optimizers,
+                                      list(clips)):
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
-                                    denoise, groups, weighting, optimizer))
+                                    denoise, groups, weighting, optimizer, clip, quantile))
         for source, groups, weighting, optimizer in itertools.product(
                 config.control_sources, config.coefficient_groups, config.update_weightings,
                 config.calibration_optimizers):
@@ -213,6 +237,16 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
                                 config.controls_at_epsilon, source, coefficient_groups=groups,
                                 update_weighting=weighting, calibration_optimizer=optimizer))
     return runs
+
+
+def append_row(path: Path, row: dict[str, object]) -> None:
+    """Append ``row`` as one JSON line in a single ``O_APPEND`` write: lines from several
+    processes appending to one file do not interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(row) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def _write_records(path: Path, task, examples) -> None:  # type: ignore[no-untyped-def]
@@ -228,6 +262,14 @@ def _noise_range(reports: dict[str, object]) -> list[float]:
     more noise for the same epsilon (``noise_multiplier`` is participant 0's)."""
     values = [float(r.noise_multiplier) for r in reports.values()]  # type: ignore[attr-defined]
     return [min(values), max(values)]
+
+
+def _clip_range(reports: dict[str, object]) -> dict[str, list[float]]:
+    """``{"clip_range": [min, max]}``: the participants' per-record clips after the last
+    round (where the clip adapts, each participant's own); empty without DP."""
+    clips = [float(r.rounds[-1]["clip"]) for r in reports.values()  # type: ignore[attr-defined]
+             if r.rounds and "clip" in r.rounds[-1]]  # type: ignore[attr-defined]
+    return {"clip_range": [min(clips), max(clips)]} if clips else {}
 
 
 def _priority(spec: RunSpec) -> tuple[int, int]:
@@ -264,6 +306,11 @@ def describe(spec: RunSpec) -> str:
             extras.append(f"{spec.update_weighting}-weighted updates")
         if spec.calibration_optimizer != "local_adamw":
             extras.append(spec.calibration_optimizer.replace("_", " "))
+        if spec.clip_quantile:
+            extras.append(f"clip adapting to the {spec.clip_quantile:g} quantile "
+                          f"from {spec.max_grad_norm:g}")
+        elif spec.max_grad_norm != 1.0:
+            extras.append(f"clip {spec.max_grad_norm:g}")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"
@@ -284,6 +331,11 @@ class Harness:
     def results_file(self) -> Path:
         """Append-only results, one JSON object per run."""
         return self.out_dir / "results.jsonl"
+
+    @property
+    def failures_file(self) -> Path:
+        """Append-only failed cells (the error, or a process's exit status), one per line."""
+        return self.out_dir / "failures.jsonl"
 
     def finished(self) -> dict[str, dict[str, object]]:
         """Runs already in the results file (for resuming)."""
@@ -318,7 +370,8 @@ class Harness:
         current = json.loads(json.dumps(self.config.settings()))  # tuples as lists
         defaults = json.loads(json.dumps(
             {f.name: f.default for f in fields(ExperimentConfig) if f.name in current}))
-        recorded = {**defaults, **recorded}
+        recorded = {**defaults, **{k: v for k, v in recorded.items()
+                                   if k not in _FORMER_SETTINGS or v != _FORMER_SETTINGS[k]}}
         changed = sorted(k for k in recorded.keys() | current.keys()
                          if recorded.get(k) != current.get(k))
         if changed:
@@ -333,29 +386,35 @@ class Harness:
         done = self.finished()
         return sorted((r for r in plan_runs(self.config) if r.key() not in done), key=_priority)
 
-    def run(self, *, progress: bool = True) -> list[dict[str, object]]:
-        """Run every unfinished cell; returns all rows."""
-        from tqdm.auto import tqdm
-
+    def prepare(self) -> list[RunSpec]:
+        """Check the folder's settings, create it (with ``settings.json``); the pending cells."""
         pending = self.pending()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not self.settings_file.exists():
             self.settings_file.write_text(json.dumps(self.config.settings(), indent=1) + "\n")
+        return pending
+
+    def run(self, *, progress: bool = True,
+            keys: frozenset[str] | None = None) -> list[dict[str, object]]:
+        """Run every unfinished cell (of ``keys`` only, if given); returns all rows.
+        Rows are appended one ``write`` each, so processes may share the folder
+        (``fedctx experiment --jobs``, :mod:`fedctx.parallel`)."""
+        from tqdm.auto import tqdm
+
+        pending = [s for s in self.prepare() if keys is None or s.key() in keys]
         for spec in tqdm(pending, desc="runs", disable=not progress):
             start = time.perf_counter()
             try:
                 row = self._run_one(spec)
             except Exception as exc:  # noqa: BLE001 - one failed cell must not end a sweep
-                failure = {**asdict(spec), "run_key": spec.key(), "error": repr(exc),
-                           "wall_s": time.perf_counter() - start}
-                with (self.out_dir / "failures.jsonl").open("a") as handle:
-                    handle.write(json.dumps(failure) + "\n")
+                append_row(self.failures_file, {
+                    **asdict(spec), "run_key": spec.key(), "error": repr(exc),
+                    "wall_s": time.perf_counter() - start})
                 continue
             row.update(asdict(spec), run_key=spec.key(), wall_s=time.perf_counter() - start,
                        model=self.config.model, device=self.config.device,
                        evaluation_split=self.config.evaluation_split)
-            with self.results_file.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            append_row(self.results_file, row)
         return list(self.finished().values())
 
     # -- shared pieces -----------------------------------------------------------------
@@ -406,7 +465,9 @@ class Harness:
         c = self.config
         return CalibrationConfig(rounds=c.rounds, steps_per_round=c.steps_per_round,
                                  batch_size=c.batch_size, learning_rate=c.learning_rate,
-                                 max_grad_norm=c.max_grad_norm,
+                                 max_grad_norm=spec.max_grad_norm,
+                                 clip_quantile=spec.clip_quantile,
+                                 clip_learning_rate=c.clip_learning_rate,
                                  coefficient_groups=spec.coefficient_groups,
                                  update_weighting=spec.update_weighting,
                                  optimizer=spec.calibration_optimizer)
@@ -651,6 +712,7 @@ class Harness:
             "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]
             "noise_multiplier": first.noise_multiplier,  # type: ignore[attr-defined]
             "noise_multiplier_range": _noise_range(reports),
+            **_clip_range(reports),
             "bytes_sent_per_participant": statistics.mean(
                 r.bytes_sent for r in reports.values()),  # type: ignore[attr-defined]
             "client_seconds": first.seconds,  # type: ignore[attr-defined]

@@ -155,6 +155,14 @@ def _groups(row: dict[str, object]) -> str:
     return f" ({groups} coefficient groups)" if groups else ""
 
 
+def _clip(row: dict[str, object]) -> str:
+    quantile = float(row.get("clip_quantile", 0.0) or 0.0)  # type: ignore[arg-type]
+    clip = float(row.get("max_grad_norm", 1.0))  # type: ignore[arg-type]
+    if quantile:
+        return f", clip to the {quantile:g} quantile"
+    return f", clip {clip:g}" if clip != 1.0 else ""
+
+
 def _series(row: dict[str, object]) -> str | None:
     """The line a row belongs to on an accuracy-against-epsilon plot (None: a baseline)."""
     if row["method"] == "fedctx":
@@ -163,7 +171,8 @@ def _series(row: dict[str, object]) -> str | None:
             ", James-Stein" if row.get("vector_denoise", "none") == "james_stein" else "",
             _groups(row).replace(" (", ", ").rstrip(")"),
             ", precision-weighted" if row.get("update_weighting") == "precision" else "",
-            ", global Adam" if row.get("calibration_optimizer") == "global_adam" else ""))
+            ", global Adam" if row.get("calibration_optimizer") == "global_adam" else "",
+            _clip(row)))
         return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"

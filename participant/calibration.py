@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import AdaClipDPOptimizer, DPOptimizer
 
 from privacy.errors import ConfigError
 
@@ -33,6 +33,11 @@ from .tasks import TaskSpec
 UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``CalibrationConfig.optimizer`` values.
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
+#: Adaptive clipping: std of the unclipped-count noise, in units of the noise multiplier.
+#: Andrew et al.'s Theorem 1 then raises the gradient noise to
+#: ``sigma / sqrt(1 - 1 / (4 * ratio**2))`` (3% more at 2) so that both releases together
+#: cost what the accountant charges for ``sigma`` alone.
+CLIP_COUNT_NOISE_RATIO = 2.0
 
 
 def precision_weight(*, expected_batch: int, noise_multiplier: float) -> float:
@@ -59,7 +64,21 @@ class CalibrationConfig:
         rounds: federated calibration rounds.
         warmup_fraction: linear warm-up share of all steps, then cosine decay (I2CL: 5%).
         calibration_noise: I2CL's residual noise scale during training (0.001).
-        max_grad_norm: per-record gradient clip (DP-SGD); ignored without privacy.
+        max_grad_norm: per-record gradient clip (DP-SGD; the sensitivity the noise is
+            scaled to); the starting clip under ``clip_quantile``; ignored without privacy.
+        clip_quantile: 0 (default) keeps the clip at ``max_grad_norm``. In (0, 1): adaptive
+            clipping (Andrew et al. 2021, Opacus's ``AdaClipDPOptimizer``): after every
+            step the clip moves geometrically towards this quantile of the per-record
+            gradient norms, ``clip *= exp(-clip_learning_rate * (b - clip_quantile))``
+            with ``b`` the step's unclipped-record count, released with Gaussian noise of
+            std ``CLIP_COUNT_NOISE_RATIO * sigma``, over the expected batch. The gradient
+            noise grows 3% to pay for the count; the accountant is unchanged. A fixed clip
+            far below the records' norms (every record clipped) weights every record alike
+            and collapsed subj to one class even without noise (docs/results.md §16).
+        clip_learning_rate: the adaptive clip's geometric step. Andrew et al. take 0.2 over
+            hundreds of rounds; a participant here takes about 20 DP steps, and at 0.5
+            the clip can cross a 10x range (the records' median norms were 2-11 against a
+            start of 1, docs/results.md §6) in about 10 of them.
         coefficient_groups: 0 (default) trains the 4 coefficients of every layer (I2CL);
             G > 0 splits the L layers into G contiguous groups that share their 4
             coefficients, so a round releases 4G values instead of 4L. DP-SGD noise has
@@ -116,6 +135,8 @@ class CalibrationConfig:
     warmup_fraction: float = 0.05
     calibration_noise: float = 0.001
     max_grad_norm: float = 1.0
+    clip_quantile: float = 0.0
+    clip_learning_rate: float = 0.5
     coefficient_groups: int = 0
     max_batch_tokens: int = 1024
     loss: str = "label_words"
@@ -136,8 +157,12 @@ class CalibrationConfig:
             raise ConfigError("batch_size and steps_per_round must be >= 1, rounds >= 0")
         if self.loss not in ("full_vocab", "label_words"):
             raise ConfigError("loss must be 'full_vocab' or 'label_words'")
-        if self.learning_rate <= 0 or self.max_grad_norm <= 0:
-            raise ConfigError("learning_rate and max_grad_norm must be > 0")
+        if not (self.learning_rate > 0 and self.max_grad_norm > 0
+                and self.clip_learning_rate > 0):  # also refuses NaN
+            raise ConfigError("learning_rate, max_grad_norm and clip_learning_rate must be > 0")
+        if not 0 <= self.clip_quantile < 1:
+            raise ConfigError("clip_quantile must be in [0, 1) (0 = a fixed clip), "
+                              f"got {self.clip_quantile!r}")
         if self.max_batch_tokens < 1:
             raise ConfigError("max_batch_tokens must be >= 1")
         if isinstance(self.coefficient_groups, bool) or not isinstance(
@@ -155,6 +180,17 @@ class CalibrationConfig:
     def total_steps(self) -> int:
         """Local steps over the whole protocol."""
         return self.rounds * self.steps_per_round
+
+
+class _AdaptiveClipOptimizer(AdaClipDPOptimizer):
+    """Opacus's adaptive clipping, with the noisy unclipped count divided by the expected
+    batch (as Andrew et al. do) instead of the sampled one: under Poisson sampling how
+    many records a step drew depends on who is in the data, and no noise covers it."""
+
+    def update_max_grad_norm(self) -> None:
+        self.sample_size = self.expected_batch_size
+        super().update_max_grad_norm()
+        self.max_grad_norm = float(self.max_grad_norm)
 
 
 def per_layer(coefficients: torch.Tensor, num_layers: int) -> torch.Tensor:
@@ -307,13 +343,30 @@ class LocalCalibrator:
             base, self.scheduler = _scheduled_adamw(
                 self.coefficients, config, total_steps=config.total_steps)
         self.optimizer: torch.optim.Optimizer = base
-        if self.private:
+        if self.private and config.clip_quantile:
+            self.optimizer = _AdaptiveClipOptimizer(
+                base, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
+                expected_batch_size=self.expected_batch, loss_reduction="mean",
+                target_unclipped_quantile=config.clip_quantile,
+                clipbound_learning_rate=config.clip_learning_rate,
+                min_clipbound=config.max_grad_norm / 1000,
+                max_clipbound=config.max_grad_norm * 1000,
+                unclipped_num_std=CLIP_COUNT_NOISE_RATIO * noise_multiplier,
+            )
+        elif self.private:
             self.optimizer = DPOptimizer(
                 base, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
                 expected_batch_size=self.expected_batch,
                 loss_reduction="mean",
             )
         self.losses: list[float] = []
+
+    @property
+    def clip(self) -> float:
+        """The per-record clip now (``max_grad_norm`` unless it adapts); 0 without DP."""
+        if not self.private:
+            return 0.0
+        return float(self.optimizer.max_grad_norm)  # type: ignore[attr-defined]
 
     def update_weight(self) -> float:
         """This participant's weight in a ``precision``-weighted mean of round updates

@@ -43,11 +43,13 @@ class PrivacySettings:
         vector_clip_mode: ``deviation`` (default: clip each record's deviation from the
             public reference) or ``raw`` (clip raw activations; a comparison arm that
             wastes the budget on the component common to all inputs).
-        max_grad_norm: per-record gradient clip in calibration (DP-SGD).
         vector_denoise: ``james_stein`` (default) or ``none``: shrink the decrypted mean
             deviation, block by block, towards the public reference by its positive-part
             James-Stein factor from the known noise variance (post-processing, no budget
             spent; every participant of a federation must use the same setting).
+
+    The calibration's per-record gradient clip is ``[participant.calibration]``'s
+    ``max_grad_norm`` (and ``clip_quantile`` for an adaptive clip).
     """
 
     target_epsilon: float = 8.0
@@ -55,7 +57,6 @@ class PrivacySettings:
     accountant: str = "rdp"
     vector_clip_norm: float = 0.0
     vector_clip_mode: str = "deviation"
-    max_grad_norm: float = 1.0
     vector_denoise: str = "james_stein"
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from privacy.errors import BudgetExhaustedError
 from privacy.ledger import PrivacyLedger
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
-from .calibration import GlobalCoefficients, LocalCalibrator, per_layer
+from .calibration import CalibrationConfig, GlobalCoefficients, LocalCalibrator, per_layer
 from .client import CoordinatorClient, TlsFiles, is_not_ready
 from .config import ParticipantConfig
 from .context_vectors import (
@@ -78,6 +78,14 @@ class ParticipantReport:
     rounds: list[dict[str, object]] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _clip_text(config: CalibrationConfig, clip: float) -> str:
+    """The ledger's sensitivity line for a calibration round starting at ``clip``."""
+    if not config.clip_quantile:
+        return f"per-record gradient L2 {clip:g}"
+    return (f"per-record gradient L2 {clip:.4g} at the round's start, adapting to the "
+            f"{config.clip_quantile:g} quantile of the records' norms")
 
 
 def asdict_task(task: TaskSpec) -> dict[str, object]:
@@ -498,7 +506,7 @@ class Participant:
                         release_id=release, description=f"calibration round {r} (DP-SGD)",
                         noise_multiplier=sigma, sample_rate=calibrator.sample_rate,
                         steps=cfg.calibration.steps_per_round,
-                        sensitivity=f"per-record gradient L2 {cfg.calibration.max_grad_norm:g}",
+                        sensitivity=_clip_text(cfg.calibration, calibrator.clip),
                     )
                 with self.compute_slot:
                     began = time.perf_counter()
@@ -521,9 +529,11 @@ class Participant:
                     mean = mean[:-1] / mean[-1]
                 coefficients = global_coefficients.apply(
                     torch.from_numpy(mean).reshape(coefficients.shape).float())
-                report.rounds.append(self._round_record(
-                    round_id, count, compute_s=compute_s, sent_before=sent,
-                    waited_from=waited_from))
+                record = self._round_record(round_id, count, compute_s=compute_s,
+                                            sent_before=sent, waited_from=waited_from)
+                if calibrator.private:
+                    record["clip"] = calibrator.clip  # after the round (it may adapt)
+                report.rounds.append(record)
                 logger.info("[Participant] round=%s contributions=%d", round_id, count)
         coefficients = per_layer(coefficients, self.sites.num_layers)
         timings["calibration"] = time.perf_counter() - start

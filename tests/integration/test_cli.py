@@ -55,3 +55,34 @@ def test_config_errors_are_clear(tmp_path: Path, capsys) -> None:  # type: ignor
     assert "unknown coordinator keys ['bogus']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--vector-source", "nonsense"])
+
+
+def test_experiment_jobs_runs_cells_in_child_processes_into_one_folder(
+        tmp_path: Path, tiny_llama_dir: Path, shared_data: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--jobs 2``: each cell in its own ``fedctx experiment --cell`` process, rows in
+    the one results file, the report from all of them; a resumed run starts nothing, and
+    ``--cell`` refuses a key the grid does not have."""
+    import json
+
+    from fedctx.cli import main
+
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        f'[experiment]\nname = "jobs"\ntasks = ["sst2"]\ndata_root = "{shared_data}"\n'
+        f'model = "{tiny_llama_dir}"\nparticipants = [2]\ndirichlet_alpha = [0.0]\n'
+        'epsilons = [4.0]\nvector_sources = ["public"]\ncontrol_sources = []\n'
+        'baselines = ["zero_shot"]\nrecords_per_participant = 8\nrounds = 1\n'
+        'steps_per_round = 1\nbatch_size = 4\ntest_per_class = 2\nmax_grad_norms = [1, 3]\n')
+    out = tmp_path / "out"
+    args = ["experiment", "--config", str(config), "--out", str(out)]
+    assert main([*args, "--jobs", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["method"], r["max_grad_norm"]) for r in rows) == [
+        ("fedctx", 1.0), ("fedctx", 3.0), ("zero_shot", 1.0)]
+    assert not (out / "failures.jsonl").exists() and len(list((out / "logs").iterdir())) == 3
+    assert "clip 3" in (out / "report.md").read_text()
+    assert main([*args, "--jobs", "2"]) == 0
+    assert (out / "results.jsonl").read_text().count("\n") == 3
+    capsys.readouterr()
+    assert main([*args, "--cell", "0123456789abcdef"]) == 2
+    assert "is not a cell of" in capsys.readouterr().err

@@ -153,3 +153,28 @@ def test_a_failing_participant_fails_the_cell_fast_with_its_own_error(
     failure = json.loads((tmp_path / "out" / "failures.jsonl").read_text().splitlines()[0])
     assert "simulated: participant ran out of memory" in failure["error"]
     assert time.monotonic() - started < 240  # the round timeout is 3600 s
+
+
+def test_an_adaptive_clip_cell_runs_within_budget_and_records_its_clips(
+        tmp_path: Path, tiny_llama_dir: Path, shared_data: Path) -> None:
+    """A fedctx cell with an adaptive calibration clip runs through the real federation,
+    spends no more than its epsilon (the count's noise is paid inside sigma), and records
+    the participants' clips after the last round, which moved off the starting clip."""
+    from fedctx.experiment import ExperimentConfig, Harness
+    from fedctx.report import markdown
+
+    config = ExperimentConfig(
+        name="adaptive", tasks=("sst2",), data_root=str(shared_data),
+        model=str(tiny_llama_dir), participants=(2,), dirichlet_alpha=(0.0,),
+        epsilons=(4.0,), vector_sources=("public",), control_sources=(), seeds=(0,),
+        baselines=(), records_per_participant=12, rounds=2, steps_per_round=2, batch_size=4,
+        test_per_class=2, max_grad_norms=(0.5,), clip_quantiles=(0.5,),
+    )
+    (row,) = Harness(config, tmp_path / "out").run(progress=False)
+    assert (row["max_grad_norm"], row["clip_quantile"]) == (0.5, 0.5)
+    assert 0 < row["epsilon_spent"] <= 4.0 + 1e-6
+    low, high = row["clip_range"]
+    assert 0 < low <= high and (low, high) != (0.5, 0.5)
+    assert "fedctx public (eps=4, clip to the 0.5 quantile)" in markdown([row])
+    ledgers = [f for d in (tmp_path / "out" / "runs").rglob("ledger") for f in d.glob("*.jsonl")]
+    assert ledgers and "adapting to the 0.5 quantile" in ledgers[0].read_text()

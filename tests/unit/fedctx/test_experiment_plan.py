@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from fedctx.experiment import ExperimentConfig, plan_runs
+from fedctx.experiment import ExperimentConfig, RunSpec, describe, plan_runs
 
 
 def test_coefficient_groups_axis_covers_fedctx_and_the_i2cl_baselines_only() -> None:
@@ -132,25 +132,51 @@ def test_settings_added_since_a_folder_was_written_read_as_their_defaults(tmp_pa
         dataclasses.replace(config, accountant="moments")
 
 
-def test_the_calibration_clip_is_a_setting_passed_to_calibration(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """``max_grad_norm`` reaches every participant's calibration config, rows made with
-    another clip are kept apart by settings.json, and a clip that is not > 0 is refused."""
+def test_the_calibration_clip_axes_cover_dp_fedctx_cells_and_reach_calibration(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``max_grad_norms`` x ``clip_quantiles`` multiply the fedctx cells under DP only (a
+    clip means nothing without privacy), keep the default cell's older key, reach every
+    participant's calibration config, and refuse clips that are not > 0 or quantiles
+    outside [0, 1). A folder that recorded the former ``max_grad_norm`` setting at 1 is
+    resumed (its rows are the default-clip cells); at another value it is refused."""
     import json
 
     from fedctx.experiment import Harness
     from privacy.errors import ConfigError
 
-    config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(8.0,),
-                              vector_sources=("public",), control_sources=(), baselines=(),
-                              max_grad_norm=10.0)
-    spec = Harness(config, tmp_path).pending()[0]
-    assert Harness(config, tmp_path)._calibration(spec).max_grad_norm == 10.0
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "settings.json").write_text(json.dumps(
-        {k: v for k, v in config.settings().items() if k != "max_grad_norm"}))
-    with pytest.raises(ConfigError, match=r"max_grad_norm: 1.0 there, 10.0 here"):
-        Harness(config, out).pending()
-    for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(ConfigError, match="max_grad_norm must be > 0"):
-            dataclasses.replace(config, max_grad_norm=bad)
+    config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(math.inf, 8.0),
+                              vector_sources=("public",), control_sources=("zero",),
+                              baselines=("zero_shot",), max_grad_norms=(1.0, 3.0),
+                              clip_quantiles=(0.0, 0.5))
+    runs = plan_runs(config)
+    dp = [r for r in runs if r.method == "fedctx" and not math.isinf(r.epsilon)]
+    assert sorted((r.max_grad_norm, r.clip_quantile) for r in dp) == [
+        (1.0, 0.0), (1.0, 0.5), (3.0, 0.0), (3.0, 0.5)]
+    no_dp = [r for r in runs if r.method == "fedctx" and math.isinf(r.epsilon)]
+    assert len(no_dp) == 2 and all((r.max_grad_norm, r.clip_quantile) == (1.0, 0.0)
+                                   for r in no_dp)
+    assert len({r.key() for r in runs}) == len(runs)
+    default = next(r for r in dp if (r.max_grad_norm, r.clip_quantile) == (1.0, 0.0))
+    assert default.key() == RunSpec("sst2", "fedctx", 10, 0.5, 0, 8.0, "public").key()
+    adaptive = next(r for r in dp if (r.max_grad_norm, r.clip_quantile) == (3.0, 0.5))
+    calibration = Harness(config, tmp_path)._calibration(adaptive)
+    assert (calibration.max_grad_norm, calibration.clip_quantile) == (3.0, 0.5)
+    assert "clip adapting to the 0.5 quantile from 3" in describe(adaptive)
+
+    toml = tmp_path / "g.toml"
+    toml.write_text('[experiment]\nname = "g"\nmax_grad_norms = [1, 3]\n')
+    assert ExperimentConfig.from_toml(toml).max_grad_norms == (1.0, 3.0)
+    for out, recorded, refused in (("at1", 1.0, False), ("at10", 10.0, True)):
+        (tmp_path / out).mkdir()
+        (tmp_path / out / "settings.json").write_text(json.dumps(
+            {**config.settings(), "max_grad_norm": recorded}))
+        if refused:
+            with pytest.raises(ConfigError, match=r"max_grad_norm: 10.0 there, None here"):
+                Harness(config, tmp_path / out).pending()
+        else:
+            Harness(config, tmp_path / out).pending()
+    for bad in ((0.0,), (-1.0,), (float("nan"),), ()):
+        with pytest.raises(ConfigError, match="max_grad_norms must be"):
+            dataclasses.replace(config, max_grad_norms=bad)
+    for bad in ((1.0,), (-0.1,), (float("nan"),), ()):
+        with pytest.raises(ConfigError, match="clip_quantiles must be"):
+            dataclasses.replace(config, clip_quantiles=bad)

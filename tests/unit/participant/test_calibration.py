@@ -217,3 +217,48 @@ def test_config_rejects_an_unknown_optimizer_and_a_bad_sgd_rate() -> None:
         CalibrationConfig(optimizer="server_adam")
     with pytest.raises(ConfigError, match="sgd_learning_rate"):
         CalibrationConfig(optimizer="global_adam", sgd_learning_rate=0.0)
+
+
+def test_adaptive_clip_moves_towards_its_quantile_over_the_expected_batch(
+    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``clip_quantile`` the clip moves by ``exp(-rate * (unclipped / expected batch
+    - quantile))`` after each step (Andrew et al.): up when every record is clipped, and
+    not at all when half the expected batch was drawn and all of it fitted, where
+    Opacus's own divisor (the records drawn, which Poisson sampling makes data-dependent)
+    would shrink it. The step itself clips at the clip in force before the move."""
+    import math
+
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+    config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=1.0, batch_size=4,
+                               steps_per_round=1, max_grad_norm=1.0, clip_quantile=0.5,
+                               clip_learning_rate=0.2)
+    calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                 noise_multiplier=1e-9, seed=0)
+    assert calibrator.clip == 1.0 and calibrator.expected_batch == 4
+    rows = calibrator.coefficients.shape
+    large = torch.stack([torch.full(rows, v) for v in (3.0, -4.0, 5.0, 6.0)])
+    monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(calibrator, "per_example_gradients", lambda idx: (large, 1.0))
+    update = calibrator.run_round(calibrator.coefficients.detach().clone())
+    clipped = large / large.flatten(1).norm(dim=1)[:, None, None]  # every record at clip 1
+    assert torch.allclose(update, -clipped.sum(0) / 4, atol=1e-5)
+    assert calibrator.clip == pytest.approx(math.exp(0.2 * 0.5), rel=1e-6)
+
+    before = calibrator.clip
+    small = torch.full((2, *rows), 1e-3)
+    monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1])
+    monkeypatch.setattr(calibrator, "per_example_gradients", lambda idx: (small, 1.0))
+    calibrator.run_round(calibrator.coefficients.detach().clone())
+    assert calibrator.clip == pytest.approx(before, rel=1e-6)  # 2 unclipped / 4 = 0.5
+
+
+def test_config_rejects_a_clip_quantile_outside_0_1_and_a_bad_clip_rate() -> None:
+    for quantile in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="clip_quantile"):
+            CalibrationConfig(clip_quantile=quantile)
+    with pytest.raises(ConfigError, match="clip_learning_rate"):
+        CalibrationConfig(clip_learning_rate=0.0)
