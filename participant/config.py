@@ -159,7 +159,9 @@ class ParticipantConfig:
                     sub["coeff_mod_bit_sizes"] = tuple(sub["coeff_mod_bit_sizes"])
                 unknown = set(sub) - {f.name for f in fields(kind)}
                 if unknown:
-                    raise ConfigError(f"{path}: unknown [{key}] keys {sorted(unknown)}")
+                    hint = " (the calibration clip is [participant.calibration] max_grad_norm)" \
+                        if key == "privacy" and "max_grad_norm" in unknown else ""
+                    raise ConfigError(f"{path}: unknown [{key}] keys {sorted(unknown)}{hint}")
                 table[key] = kind(**sub)
         unknown = set(table) - {f.name for f in fields(cls)}
         if unknown:

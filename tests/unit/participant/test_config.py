@@ -33,3 +33,19 @@ def test_an_explicit_vector_source_is_kept_and_a_wrong_one_refused() -> None:
     assert _config(vector_source="private").vector_source == "private"
     with pytest.raises(ConfigError, match="'auto' or one of"):
         _config(vector_source="demonstrations")
+
+
+def test_the_calibration_clip_is_read_from_the_calibration_table_only(tmp_path: Path) -> None:
+    """``max_grad_norm`` and ``clip_quantile`` reach the calibration settings; under
+    ``[participant.privacy]`` (where an older field was never read) the key is refused,
+    naming where it belongs."""
+    base = ('[participant]\nparticipant_id = "org1"\ncoordinator = "127.0.0.1:1"\n'
+            'tls_cert = "c"\ntls_key = "k"\ntls_ca = "a"\nstate_dir = "s"\nfederation_id = "f"\n')
+    good = tmp_path / "good.toml"
+    good.write_text(base + "[participant.calibration]\nmax_grad_norm = 3.0\nclip_quantile = 0.5\n")
+    calibration = ParticipantConfig.from_toml(good).calibration
+    assert (calibration.max_grad_norm, calibration.clip_quantile) == (3.0, 0.5)
+    misplaced = tmp_path / "misplaced.toml"
+    misplaced.write_text(base + "[participant.privacy]\nmax_grad_norm = 3.0\n")
+    with pytest.raises(ConfigError, match=r"\[participant.calibration\] max_grad_norm"):
+        ParticipantConfig.from_toml(misplaced)
