@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 queries, k=1 only, 1 repeat")
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda...)")
     parser.add_argument("--data-dir", default=str(SHARED_DATA / "sst2"))
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,16")
@@ -83,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     shots = [int(k) for k in args.shots.split(",")]
     print_header("fedctx inference latency per query", quick=args.quick, extra=[
-        f"settings: model {args.model}, task sst2 test ({args.data_dir}), {args.queries} "
+        f"settings: model {args.model} on {args.device}, task sst2 test ({args.data_dir}), {args.queries} "
         f"class-balanced queries, batch sizes {batch_sizes}, few-shot k per class {shots}, "
         f"warm-up + median of {args.repeats}"])
     start_all = time.perf_counter()
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device)
     sites = resolve_layer_sites(lm.model)
     task = load_task("sst2")
     test = balanced_sample(load_split(task, "test", data_dir=args.data_dir),

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 demonstrations, 1-2 participants")
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda...)")
     parser.add_argument("--data-dir", default=str(SHARED_DATA / "sst2"))
     parser.add_argument("--demos", type=int, default=64, help="demonstrations per participant")
     parser.add_argument("--participants", default="1,2,3")
@@ -79,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     quiet_transformers()
     sizes = sorted(int(p) for p in args.participants.split(","))
     print_header("fedctx privacy overhead of a vector round", quick=args.quick, extra=[
-        f"settings: model {args.model}, task sst2 ({args.data_dir}), {args.demos} demonstrations "
+        f"settings: model {args.model} on {args.device}, task sst2 ({args.data_dir}), {args.demos} demonstrations "
         f"per participant, batch {args.batch_size}, noise multiplier {args.noise_multiplier}, "
         f"participants {sizes}, {args.repeats} round(s) each (median)"])
     start_all = time.perf_counter()
 
     start = time.perf_counter()
-    lm = load_model(args.model)
+    lm = load_model(args.model, device=args.device)
     sites = resolve_layer_sites(lm.model)
     load_s = time.perf_counter() - start
     task = load_task("sst2")
