@@ -70,7 +70,8 @@ class CalibrationConfig:
             clipping (Andrew et al. 2021, Opacus's ``AdaClipDPOptimizer``): after every
             step the clip moves geometrically towards this quantile of the per-record
             gradient norms, ``clip *= exp(-clip_learning_rate * (b - clip_quantile))``
-            with ``b`` the step's unclipped-record count, released with Gaussian noise of
+            with ``b`` the step's fraction of unclipped records, estimated from the centred
+            count ``sum_i (b_i - 1/2)`` (sensitivity 1/2) released with Gaussian noise of
             std ``CLIP_COUNT_NOISE_RATIO * sigma``, over the expected batch. The gradient
             noise grows 3% to pay for the count; the accountant is unchanged. A fixed clip
             far below the records' norms (every record clipped) weights every record alike
@@ -183,14 +184,24 @@ class CalibrationConfig:
 
 
 class _AdaptiveClipOptimizer(AdaClipDPOptimizer):
-    """Opacus's adaptive clipping, with the noisy unclipped count divided by the expected
-    batch (as Andrew et al. do) instead of the sampled one: under Poisson sampling how
-    many records a step drew depends on who is in the data, and no noise covers it."""
+    """Opacus's adaptive clipping with the clip's statistic as Andrew et al. release it.
+
+    Opacus adds ``N(0, sigma_b^2)`` to the raw unclipped count (sensitivity 1 when a
+    record is added or removed) but sizes the gradient noise by Theorem 1's
+    ``(sigma^-2 - (2 sigma_b)^-2)^-1/2``, which holds for the centred sum
+    ``sum_i (b_i - 1/2)`` (sensitivity 1/2); and it divides by the records the step drew,
+    which under Poisson sampling depend on who is in the data and carry no noise. Here
+    the released statistic is the centred noisy sum, and the fraction is
+    ``(sum_i (b_i - 1/2) + noise) / expected batch + 1/2``, as in the paper.
+    """
 
     def update_max_grad_norm(self) -> None:
-        self.sample_size = self.expected_batch_size
-        super().update_max_grad_norm()
-        self.max_grad_norm = float(self.max_grad_norm)
+        drawn = self.sample_size  # only inside the centred sum, whose sensitivity is 1/2
+        centred_noisy_sum = float(self.unclipped_num) - drawn / 2
+        unclipped_fraction = centred_noisy_sum / self.expected_batch_size + 0.5
+        clip = float(self.max_grad_norm) * math.exp(
+            -self.clipbound_learning_rate * (unclipped_fraction - self.target_unclipped_quantile))
+        self.max_grad_norm = min(max(clip, self.min_clipbound), self.max_clipbound)
 
 
 def per_layer(coefficients: torch.Tensor, num_layers: int) -> torch.Tensor:

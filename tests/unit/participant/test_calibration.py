@@ -222,11 +222,12 @@ def test_config_rejects_an_unknown_optimizer_and_a_bad_sgd_rate() -> None:
 def test_adaptive_clip_moves_towards_its_quantile_over_the_expected_batch(
     tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With ``clip_quantile`` the clip moves by ``exp(-rate * (unclipped / expected batch
-    - quantile))`` after each step (Andrew et al.): up when every record is clipped, and
-    not at all when half the expected batch was drawn and all of it fitted, where
-    Opacus's own divisor (the records drawn, which Poisson sampling makes data-dependent)
-    would shrink it. The step itself clips at the clip in force before the move."""
+    """With ``clip_quantile`` the clip moves by ``exp(-rate * (b - quantile))`` after each
+    step, ``b = sum_i (unclipped_i - 1/2) / expected batch + 1/2`` (Andrew et al.'s
+    centred count, sensitivity 1/2): up when every record is clipped; when half the
+    expected batch was drawn and all of it fitted, b = 0.75, where Opacus's raw count
+    over the records drawn (which Poisson sampling makes data-dependent) gives 1. The
+    step itself clips at the clip in force before the move."""
     import math
 
     from participant.calibration import LocalCalibrator
@@ -253,7 +254,8 @@ def test_adaptive_clip_moves_towards_its_quantile_over_the_expected_batch(
     monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1])
     monkeypatch.setattr(calibrator, "per_example_gradients", lambda idx: (small, 1.0))
     calibrator.run_round(calibrator.coefficients.detach().clone())
-    assert calibrator.clip == pytest.approx(before, rel=1e-6)  # 2 unclipped / 4 = 0.5
+    # (2 - 2/2) / 4 + 1/2 = 0.75 unclipped: down by exp(-0.2 * 0.25), not exp(-0.2 * 0.5)
+    assert calibrator.clip == pytest.approx(before * math.exp(-0.2 * 0.25), rel=1e-6)
 
 
 def test_config_rejects_a_clip_quantile_outside_0_1_and_a_bad_clip_rate() -> None:
