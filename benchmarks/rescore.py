@@ -114,7 +114,8 @@ def main() -> None:
             handle.write(json.dumps(new) + "\n")
         label = row["method"] if row["method"] == "zero_shot" else \
             (f"{row['vector_source']} eps={row['epsilon']:g} {row.get('update_weighting', '')}"
-             f" clip {row.get('max_grad_norm', 1.0):g} q {row.get('clip_quantile', 0.0):g}")
+             f" clip {row.get('max_grad_norm', 1.0):g} q {row.get('clip_quantile', 0.0):g}"
+             f" {row.get('clip_scale', 'none')}")
         table.append([row["task"], row["participants"], row["seed"], label,
                       f"{100 * row['accuracy']:.1f} / {100 * again.accuracy:.1f}",
                       f"{100 * scores.accuracy:.1f}", f"{new['label_ce']:.3f}",

@@ -55,7 +55,7 @@ _NOT_SETTINGS = frozenset({
     "name", "device", "data_root", "tasks", "participants", "dirichlet_alpha", "epsilons",
     "vector_sources", "controls_at_epsilon", "control_sources", "seeds", "baselines",
     "vector_clip_modes", "vector_denoise_modes", "coefficient_groups", "update_weightings",
-    "calibration_optimizers", "max_grad_norms", "clip_quantiles",
+    "calibration_optimizers", "max_grad_norms", "clip_quantiles", "clip_scales",
 })
 
 
@@ -100,6 +100,9 @@ class ExperimentConfig:
     #: Adaptive clipping's target quantiles of the per-record gradient norms (0 = a fixed
     #: clip; see ``CalibrationConfig.clip_quantile``): an axis for fedctx cells under DP.
     clip_quantiles: tuple[float, ...] = (0.0,)
+    #: How each record's clip is scaled (``none``, or ``residual``: see
+    #: ``CalibrationConfig.clip_scale``): an axis for fedctx cells under DP.
+    clip_scales: tuple[str, ...] = ("none",)
     #: The adaptive clip's geometric step (``CalibrationConfig.clip_learning_rate``).
     clip_learning_rate: float = 0.5
     test_per_class: int = 25
@@ -134,6 +137,9 @@ class ExperimentConfig:
         if not self.clip_quantiles or not all(0 <= q < 1 for q in self.clip_quantiles):
             raise ConfigError("clip_quantiles must be a non-empty list in [0, 1) "
                               f"(0 = a fixed clip), got {list(self.clip_quantiles)}")
+        if not self.clip_scales or not set(self.clip_scales) <= {"none", "residual"}:
+            raise ConfigError("clip_scales must be a non-empty list of 'none' and "
+                              f"'residual', got {list(self.clip_scales)}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant must be {' or '.join(map(repr, ACCOUNTANTS))}, "
                               f"got {self.accountant!r}")
@@ -189,6 +195,7 @@ class RunSpec:
     calibration_optimizer: str = "local_adamw"
     max_grad_norm: float = 1.0
     clip_quantile: float = 0.0
+    clip_scale: str = "none"
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
@@ -196,7 +203,8 @@ class RunSpec:
         for name, default in (("vector_clip_mode", "deviation"), ("vector_denoise", "none"),
                               ("coefficient_groups", 0), ("update_weighting", "uniform"),
                               ("calibration_optimizer", "local_adamw"),
-                              ("max_grad_norm", 1.0), ("clip_quantile", 0.0)):
+                              ("max_grad_norm", 1.0), ("clip_quantile", 0.0),
+                              ("clip_scale", "none")):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -222,14 +230,17 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
             modes = itertools.product(
                 config.vector_clip_modes if dp_private else ("deviation",),
                 config.vector_denoise_modes if dp_private else ("none",))
-            clips = itertools.product(config.max_grad_norms if dp else (1.0,),
-                                      config.clip_quantiles if dp else (0.0,))
-            for (mode, denoise), groups, weighting, optimizer, (clip, quantile) in \
+            clips = [(clip, quantile, scale) for clip, quantile, scale in itertools.product(
+                config.max_grad_norms if dp else (1.0,), config.clip_quantiles if dp else (0.0,),
+                config.clip_scales if dp else ("none",))
+                if not (quantile and scale != "none")]  # not combined (CalibrationConfig)
+            for (mode, denoise), groups, weighting, optimizer, (clip, quantile, scale) in \
                     itertools.product(modes, config.coefficient_groups,
                                       config.update_weightings, config.calibration_optimizers,
-                                      list(clips)):
+                                      clips):
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
-                                    denoise, groups, weighting, optimizer, clip, quantile))
+                                    denoise, groups, weighting, optimizer, clip, quantile,
+                                    scale))
         for source, groups, weighting, optimizer in itertools.product(
                 config.control_sources, config.coefficient_groups, config.update_weightings,
                 config.calibration_optimizers):
@@ -311,6 +322,8 @@ def describe(spec: RunSpec) -> str:
                           f"from {spec.max_grad_norm:g}")
         elif spec.max_grad_norm != 1.0:
             extras.append(f"clip {spec.max_grad_norm:g}")
+        if spec.clip_scale != "none":
+            extras.append(f"{spec.clip_scale}-scaled clip")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"
@@ -467,6 +480,7 @@ class Harness:
                                  batch_size=c.batch_size, learning_rate=c.learning_rate,
                                  max_grad_norm=spec.max_grad_norm,
                                  clip_quantile=spec.clip_quantile,
+                                 clip_scale=spec.clip_scale,
                                  clip_learning_rate=c.clip_learning_rate,
                                  coefficient_groups=spec.coefficient_groups,
                                  update_weighting=spec.update_weighting,

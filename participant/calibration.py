@@ -33,6 +33,8 @@ from .tasks import TaskSpec
 UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``CalibrationConfig.optimizer`` values.
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
+#: ``CalibrationConfig.clip_scale`` values.
+CLIP_SCALES = ("none", "residual")
 #: Adaptive clipping: std of the unclipped-count noise, in units of the noise multiplier.
 #: Andrew et al.'s Theorem 1 then raises the gradient noise to
 #: ``sigma / sqrt(1 - 1 / (4 * ratio**2))`` (3% more at 2) so that both releases together
@@ -76,6 +78,21 @@ class CalibrationConfig:
             noise grows 3% to pay for the count; the accountant is unchanged. A fixed clip
             far below the records' norms (every record clipped) weights every record alike
             and collapsed subj to one class even without noise (docs/results.md §16).
+        clip_scale: ``none`` (default): every record is clipped to ``max_grad_norm``.
+            ``residual``: record i is clipped to ``max_grad_norm * r_i``, with
+            ``r_i = ||p_i - onehot(y_i)|| / sqrt(2)`` in [0, 1] the norm of its loss's
+            gradient with respect to the logits (``1 - p(y_i)`` for two labels), computed
+            in the same forward pass at the current coefficients. Opacus then clips at
+            ``max_grad_norm`` as before (a no-op) and adds the same noise: sensitivity
+            and accounting are unchanged, since any per-record function of norm at most
+            the clip may be summed. Why: at a clip far below the records' norms (median
+            2-11 against 1, docs/results.md §6) every record pushes with the same force
+            however well it is already classified, so on a label-skewed split the
+            records of the classes most participants hold keep pushing towards them after
+            they are right, which the unclipped loss does not do (its gradients fade as
+            p(y) -> 1); the clip alone collapsed subj to one class (§16). Scaling by the
+            residual keeps the fading and normalises only the Jacobian part. Ignored
+            without DP (nothing is clipped). Not combined with ``clip_quantile``.
         clip_learning_rate: the adaptive clip's geometric step. Andrew et al. take 0.2 over
             hundreds of rounds; a participant here takes about 20 DP steps, and at 0.5
             the clip can cross a 10x range (the records' median norms were 2-11 against a
@@ -138,6 +155,7 @@ class CalibrationConfig:
     max_grad_norm: float = 1.0
     clip_quantile: float = 0.0
     clip_learning_rate: float = 0.5
+    clip_scale: str = "none"
     coefficient_groups: int = 0
     max_batch_tokens: int = 1024
     loss: str = "label_words"
@@ -164,6 +182,11 @@ class CalibrationConfig:
         if not 0 <= self.clip_quantile < 1:
             raise ConfigError("clip_quantile must be in [0, 1) (0 = a fixed clip), "
                               f"got {self.clip_quantile!r}")
+        if self.clip_scale not in CLIP_SCALES:
+            raise ConfigError(f"clip_scale must be one of {CLIP_SCALES}, got {self.clip_scale!r}")
+        if self.clip_scale != "none" and self.clip_quantile:
+            raise ConfigError("clip_scale and clip_quantile cannot be combined: the adaptive "
+                              "clip counts the records its clip leaves unclipped")
         if self.max_batch_tokens < 1:
             raise ConfigError("max_batch_tokens must be >= 1")
         if isinstance(self.coefficient_groups, bool) or not isinstance(
@@ -394,17 +417,29 @@ class LocalCalibrator:
 
     def per_example_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
         """``([B, G, 4] per-record gradients, mean loss)`` at the current coefficients."""
+        grads, loss, _ = self.per_example_gradients_and_residuals(indices)
+        return grads, loss
+
+    def per_example_gradients_and_residuals(
+        self, indices: list[int],
+    ) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """``([B, G, 4] per-record gradients, mean loss, [B] residuals)``: a record's
+        residual is ``||p - onehot(y)|| / sqrt(2)`` in [0, 1] over the loss's softmax, the
+        norm of its loss's gradient with respect to the logits (``clip_scale``)."""
         grads = torch.zeros(len(indices), *self.coefficients.shape)
+        residuals = torch.zeros(len(indices))
         if not indices:
-            return grads, float("nan")
+            return grads, float("nan"), residuals
         total = 0.0
         for chunk in self.queries.chunks(indices, max_tokens=self.config.max_batch_tokens):
-            grads[chunk], loss = self._chunk_gradients([indices[j] for j in chunk])
+            grads[chunk], loss, residuals[chunk] = self._chunk_gradients(
+                [indices[j] for j in chunk])
             total += loss
-        return grads, total / len(indices)
+        return grads, total / len(indices), residuals
 
-    def _chunk_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
-        """``([b, G, 4] per-record gradients, summed loss)`` for one forward/backward."""
+    def _chunk_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """``([b, G, 4] per-record gradients, summed loss, [b] residuals)`` for one
+        forward/backward."""
         input_ids, mask, last = self.queries.batch(indices)
         per_row = self.coefficients.detach().unsqueeze(0).repeat(len(indices), 1, 1)
         per_row.requires_grad_(True)
@@ -417,18 +452,34 @@ class LocalCalibrator:
         labels = self.queries.labels[indices].to(final.device)
         label_token_ids = self.queries.label_token_ids.to(final.device)
         if self.config.loss == "label_words":
-            loss = F.cross_entropy(final[:, label_token_ids], labels, reduction="sum")
+            logits, targets = final[:, label_token_ids], labels
         else:
-            loss = F.cross_entropy(final, label_token_ids[labels], reduction="sum")
+            logits, targets = final, label_token_ids[labels]
+        loss = F.cross_entropy(logits, targets, reduction="sum")
         (grad,) = torch.autograd.grad(loss, per_row)  # on the CPU, like the coefficients
-        return grad.detach(), float(loss.detach())
+        with torch.no_grad():
+            residual = torch.softmax(logits.float(), dim=-1)
+            residual[torch.arange(len(indices)), targets] -= 1.0
+            residuals = residual.norm(dim=-1).div(math.sqrt(2.0)).clamp(max=1.0).cpu()
+        return grad.detach(), float(loss.detach()), residuals
+
+    def _step_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
+        """A step's per-record gradients as handed to the (DP) optimiser: under DP with
+        ``clip_scale="residual"`` record i already clipped to ``clip * r_i`` (at most the
+        clip, so Opacus's own clip leaves it and the noise is unchanged)."""
+        if not (self.private and self.config.clip_scale == "residual"):
+            return self.per_example_gradients(indices)
+        grads, loss, residuals = self.per_example_gradients_and_residuals(indices)
+        norms = grads.flatten(1).norm(dim=1)
+        factor = (self.clip * residuals / norms.clamp(min=1e-12)).clamp(max=1.0)
+        return grads * factor.view(-1, *([1] * (grads.dim() - 1))), loss
 
     def run_round(self, start: torch.Tensor) -> torch.Tensor:
         """Train ``steps_per_round`` steps from ``start`` ``[G, 4]``; return the update."""
         with torch.no_grad():
             self.coefficients.copy_(start)
         for _ in range(self.config.steps_per_round):
-            grads, loss = self.per_example_gradients(self._sample())
+            grads, loss = self._step_gradients(self._sample())
             self.optimizer.zero_grad()
             if self.private:
                 self.coefficients.grad_sample = grads  # type: ignore[attr-defined]

@@ -49,7 +49,8 @@ class PrivacySettings:
             spent; every participant of a federation must use the same setting).
 
     The calibration's per-record gradient clip is ``[participant.calibration]``'s
-    ``max_grad_norm`` (and ``clip_quantile`` for an adaptive clip).
+    ``max_grad_norm`` (``clip_quantile`` for an adaptive clip, ``clip_scale`` to scale each
+    record's clip by its residual).
     """
 
     target_epsilon: float = 8.0

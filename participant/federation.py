@@ -82,6 +82,9 @@ class ParticipantReport:
 
 def _clip_text(config: CalibrationConfig, clip: float) -> str:
     """The ledger's sensitivity line for a calibration round starting at ``clip``."""
+    if config.clip_scale == "residual":
+        return (f"per-record gradient L2 {clip:g} (record i clipped to {clip:g} x its "
+                f"residual r_i <= 1)")
     if not config.clip_quantile:
         return f"per-record gradient L2 {clip:g}"
     return (f"per-record gradient L2 {clip:.4g} at the round's start, adapting to the "

@@ -178,3 +178,27 @@ def test_an_adaptive_clip_cell_runs_within_budget_and_records_its_clips(
     assert "fedctx public (eps=4, clip to the 0.5 quantile)" in markdown([row])
     ledgers = [f for d in (tmp_path / "out" / "runs").rglob("ledger") for f in d.glob("*.jsonl")]
     assert ledgers and "adapting to the 0.5 quantile" in ledgers[0].read_text()
+
+
+def test_a_residual_scaled_clip_cell_runs_and_its_ledger_says_so(
+    tiny_llama_dir: Path, shared_data: Path, tmp_path: Path,
+) -> None:
+    """A fedctx cell with ``clip_scales = ["residual"]`` runs through the real federation,
+    spends no more than its epsilon (same noise as the fixed clip), and its ledger's
+    sensitivity line names the scaled clip."""
+    from fedctx.experiment import ExperimentConfig, Harness
+    from fedctx.report import markdown
+
+    config = ExperimentConfig(
+        name="residual", tasks=("sst2",), data_root=str(shared_data),
+        model=str(tiny_llama_dir), participants=(2,), dirichlet_alpha=(0.0,),
+        epsilons=(4.0,), vector_sources=("public",), control_sources=(), seeds=(0,),
+        baselines=(), records_per_participant=12, rounds=2, steps_per_round=2, batch_size=4,
+        test_per_class=2, clip_scales=("residual",),
+    )
+    (row,) = Harness(config, tmp_path / "out").run(progress=False)
+    assert row["clip_scale"] == "residual"
+    assert 0 < row["epsilon_spent"] <= 4.0 + 1e-6
+    assert "fedctx public (eps=4, residual-scaled)" in markdown([row])
+    ledgers = [f for d in (tmp_path / "out" / "runs").rglob("ledger") for f in d.glob("*.jsonl")]
+    assert ledgers and "x its residual" in ledgers[0].read_text()

@@ -180,3 +180,32 @@ def test_the_calibration_clip_axes_cover_dp_fedctx_cells_and_reach_calibration(t
     for bad in ((1.0,), (-0.1,), (float("nan"),), ()):
         with pytest.raises(ConfigError, match="clip_quantiles must be"):
             dataclasses.replace(config, clip_quantiles=bad)
+
+
+def test_the_clip_scale_axis_covers_dp_fedctx_cells_and_is_not_combined_with_adaptive(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """``clip_scales`` multiplies the fedctx cells under DP only, skips the combination
+    with an adaptive clip (CalibrationConfig refuses it), keeps the default cell's key,
+    reaches calibration and is named by ``describe``; unknown scales are refused."""
+    from fedctx.experiment import Harness
+    from privacy.errors import ConfigError
+
+    config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(math.inf, 8.0),
+                              vector_sources=("public",), control_sources=(),
+                              baselines=(), clip_quantiles=(0.0, 0.5),
+                              clip_scales=("none", "residual"))
+    runs = plan_runs(config)
+    assert sorted((r.epsilon, r.clip_quantile, r.clip_scale) for r in runs) == [
+        (8.0, 0.0, "none"), (8.0, 0.0, "residual"), (8.0, 0.5, "none"),
+        (math.inf, 0.0, "none")]
+    default = next(r for r in runs if r.epsilon == 8.0 and r.clip_scale == "none"
+                   and not r.clip_quantile)
+    assert default.key() == RunSpec("sst2", "fedctx", 10, 0.5, 0, 8.0, "public").key()
+    scaled = next(r for r in runs if r.clip_scale == "residual")
+    assert scaled.key() != default.key()
+    assert Harness(config, tmp_path)._calibration(scaled).clip_scale == "residual"
+    assert describe(scaled).endswith("fedctx public (eps=8, residual-scaled clip)")
+    for bad in (("loss",), ()):
+        with pytest.raises(ConfigError, match="clip_scales must be"):
+            dataclasses.replace(config, clip_scales=bad)

@@ -264,3 +264,93 @@ def test_config_rejects_a_clip_quantile_outside_0_1_and_a_bad_clip_rate() -> Non
             CalibrationConfig(clip_quantile=quantile)
     with pytest.raises(ConfigError, match="clip_learning_rate"):
         CalibrationConfig(clip_learning_rate=0.0)
+
+
+@pytest.mark.parametrize("loss", ["label_words", "full_vocab"])
+def test_residuals_are_the_logit_gradient_norm_over_sqrt2(
+    tiny_llama_dir: Path, shared_data: Path, loss: str,
+) -> None:
+    """A record's residual is ``||softmax - onehot(y)|| / sqrt(2)`` of its loss's logits:
+    ``1 - p(y)`` over two label words; it comes from the same forward pass as the
+    gradients, which it leaves unchanged."""
+    import math
+
+    from participant.calibration import LocalCalibrator
+    from participant.model import last_token_logits
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=5)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+    config = CalibrationConfig(loss=loss, calibration_noise=0.0)
+    calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                 noise_multiplier=0.0, seed=0)
+    indices = list(range(len(records)))
+    grads, mean_loss, residuals = calibrator.per_example_gradients_and_residuals(indices)
+    plain, plain_loss = calibrator.per_example_gradients(indices)
+    assert torch.allclose(grads, plain) and mean_loss == pytest.approx(plain_loss)
+    input_ids, mask, last = calibrator.queries.batch(indices)
+    with torch.no_grad():  # zero vector, zero noise: the injection leaves the model as is
+        final = last_token_logits(lm.model, input_ids, mask, last)
+    ids = calibrator.queries.label_token_ids
+    labels = calibrator.queries.labels
+    if loss == "label_words":
+        p_true = torch.softmax(final[:, ids], -1)[torch.arange(5), labels]
+        expected = 1.0 - p_true  # two label words: ||p - e_y|| = sqrt(2) (1 - p_y)
+    else:
+        p = torch.softmax(final, -1)
+        p[torch.arange(5), ids[labels]] -= 1.0
+        expected = p.norm(dim=-1) / math.sqrt(2.0)
+    assert torch.allclose(residuals, expected, atol=1e-5)
+    assert bool(((residuals >= 0) & (residuals <= 1)).all())
+
+
+def test_residual_clip_scales_each_records_clip_and_keeps_the_noise(
+    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under DP with ``clip_scale="residual"`` record i enters the sum clipped to
+    ``clip * r_i``: a record already classified (r = 0) adds nothing, one with r = 1 is
+    clipped as before, one below its scaled clip is kept whole. The sum then gets the
+    fixed clip's noise (checked with sigma ~ 0 on the update and through the optimiser's
+    noise std)."""
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+    config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=1.0, batch_size=4,
+                               steps_per_round=1, max_grad_norm=2.0, clip_scale="residual")
+    calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                 noise_multiplier=1e-9, seed=0)
+    rows = calibrator.coefficients.shape
+    unit = torch.ones(rows) / torch.ones(rows).norm()
+    grads = torch.stack([5.0 * unit, 5.0 * unit, -5.0 * unit, 0.1 * unit])
+    residuals = torch.tensor([0.0, 1.0, 0.25, 0.5])
+    monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(calibrator, "per_example_gradients_and_residuals",
+                        lambda idx: (grads, 1.0, residuals))
+    update = calibrator.run_round(calibrator.coefficients.detach().clone())
+    # clips 0, 2, 0.5 and 1 (the last record's norm 0.1 is below its clip: kept)
+    expected_sum = (0.0 + 2.0 - 0.5 + 0.1) * unit
+    assert torch.allclose(update, -expected_sum / 4, atol=1e-5)
+    assert calibrator.optimizer.max_grad_norm == 2.0  # type: ignore[attr-defined]
+    assert calibrator.optimizer.noise_multiplier == 1e-9  # type: ignore[attr-defined]
+
+
+def test_residual_clip_is_ignored_without_dp_and_refused_with_an_adaptive_clip(
+    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from participant.calibration import LocalCalibrator
+
+    with pytest.raises(ConfigError, match="clip_scale"):
+        CalibrationConfig(clip_scale="loss")
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        CalibrationConfig(clip_scale="residual", clip_quantile=0.5)
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=2)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+    config = CalibrationConfig(optimizer="global_adam", batch_size=2, steps_per_round=1,
+                               clip_scale="residual")
+    calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                 noise_multiplier=0.0, seed=0)
+    grads = torch.stack([torch.full(calibrator.coefficients.shape, v) for v in (3.0, -1.0)])
+    monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1])
+    monkeypatch.setattr(calibrator, "per_example_gradients", lambda idx: (grads, 1.0))
+    update = calibrator.run_round(calibrator.coefficients.detach().clone())
+    assert torch.allclose(update, -grads.mean(0), atol=1e-6)  # no clip, no scaling
