@@ -459,7 +459,7 @@ class LocalCalibrator:
         (grad,) = torch.autograd.grad(loss, per_row)  # on the CPU, like the coefficients
         with torch.no_grad():
             residual = torch.softmax(logits.float(), dim=-1)
-            residual[torch.arange(len(indices)), targets] -= 1.0
+            residual[torch.arange(len(indices), device=residual.device), targets] -= 1.0
             residuals = residual.norm(dim=-1).div(math.sqrt(2.0)).clamp(max=1.0).cpu()
         return grad.detach(), float(loss.detach()), residuals
 
