@@ -37,6 +37,8 @@ METHOD_LORA = "dp_fedavg_lora"
 UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``participant.calibration.CALIBRATION_OPTIMIZERS``, restated for the same reason.
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
+#: ``participant.calibration.CLIP_SCALES``, restated for the same reason.
+CLIP_SCALES = ("none", "residual")
 #: ``privacy.accounting.ACCOUNTANTS``, restated so that reading a config does not import
 #: Opacus (and torch); a unit test keeps the two equal.
 ACCOUNTANTS = ("rdp", "prv")
@@ -137,9 +139,9 @@ class ExperimentConfig:
         if not self.clip_quantiles or not all(0 <= q < 1 for q in self.clip_quantiles):
             raise ConfigError("clip_quantiles must be a non-empty list in [0, 1) "
                               f"(0 = a fixed clip), got {list(self.clip_quantiles)}")
-        if not self.clip_scales or not set(self.clip_scales) <= {"none", "residual"}:
-            raise ConfigError("clip_scales must be a non-empty list of 'none' and "
-                              f"'residual', got {list(self.clip_scales)}")
+        if not self.clip_scales or not set(self.clip_scales) <= set(CLIP_SCALES):
+            raise ConfigError(f"clip_scales must be a non-empty list of {CLIP_SCALES}, "
+                              f"got {list(self.clip_scales)}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant must be {' or '.join(map(repr, ACCOUNTANTS))}, "
                               f"got {self.accountant!r}")

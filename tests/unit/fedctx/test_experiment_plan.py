@@ -188,9 +188,11 @@ def test_the_clip_scale_axis_covers_dp_fedctx_cells_and_is_not_combined_with_ada
     """``clip_scales`` multiplies the fedctx cells under DP only, skips the combination
     with an adaptive clip (CalibrationConfig refuses it), keeps the default cell's key,
     reaches calibration and is named by ``describe``; unknown scales are refused."""
-    from fedctx.experiment import Harness
+    import participant.calibration
+    from fedctx.experiment import CLIP_SCALES, Harness
     from privacy.errors import ConfigError
 
+    assert CLIP_SCALES == participant.calibration.CLIP_SCALES  # restated: --plan torch-free
     config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(math.inf, 8.0),
                               vector_sources=("public",), control_sources=(),
                               baselines=(), clip_quantiles=(0.0, 0.5),

@@ -308,9 +308,9 @@ def test_residual_clip_scales_each_records_clip_and_keeps_the_noise(
 ) -> None:
     """Under DP with ``clip_scale="residual"`` record i enters the sum clipped to
     ``clip * r_i``: a record already classified (r = 0) adds nothing, one with r = 1 is
-    clipped as before, one below its scaled clip is kept whole. The sum then gets the
-    fixed clip's noise (checked with sigma ~ 0 on the update and through the optimiser's
-    noise std)."""
+    clipped as before, one below its scaled clip is kept whole (sigma ~ 0, so the update
+    is the clipped sum). The optimiser keeps the fixed clip and sigma, which set its
+    noise std."""
     from participant.calibration import LocalCalibrator
 
     lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
