@@ -56,11 +56,12 @@ def few_shot_full_prompt(lm: LoadedModel, task: TaskSpec, demonstrations: list[E
     predictions: list[int] = []
     for start in range(0, len(texts), batch_size):
         prompts = [prefix + task.query(t) for t in texts[start : start + batch_size]]
-        enc = lm.tokenizer(prompts, return_tensors="pt", padding=True)
+        enc = lm.encode(prompts, padding=True)
         last = enc["attention_mask"].sum(1) - 1
         with torch.no_grad():
             logits = lm.model(**enc).logits
-        predictions += logits[torch.arange(len(prompts)), last][:, label_ids].argmax(-1).tolist()
+        rows = torch.arange(len(prompts), device=logits.device)
+        predictions += logits[rows, last][:, label_ids.to(logits.device)].argmax(-1).tolist()
     return predictions
 
 

@@ -313,6 +313,28 @@ def inject_context(
             cached = converted.setdefault(key, constant.to(device=like.device, dtype=like.dtype))
         return cached
 
+    # Inference (nothing needs a gradient through the coefficients, no noise, one shared
+    # row): lambda * vector and beta are built once per activation dtype / device and per
+    # version of ``coefficients`` (torch bumps ``_version`` on every in-place update), so a
+    # hook adds two kernels and no host-to-device copy per layer; on a GPU the per-call copy
+    # of CPU coefficients stalled every hook (docs/benchmarks.md).
+    frozen: dict[tuple[torch.dtype, torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def frozen_for(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(lambda * vector [2, L, d], beta [2, L])`` on ``like``'s device, or ``None``."""
+        if per_example or noise_scale > 0 or (
+                torch.is_grad_enabled() and coefficients.requires_grad):
+            return None
+        key = (like.dtype, like.device, coefficients._version)
+        cached = frozen.get(key)
+        if cached is None:
+            for stale in [k for k in frozen if k[2] != key[2]]:
+                del frozen[stale]
+            table = coefficients.detach().to(device=like.device, dtype=like.dtype)
+            lam, beta = table[:, 0::2].T, table[:, 1::2].T
+            cached = frozen[key] = (lam.unsqueeze(-1) * vector_for(like), beta.contiguous())
+        return cached
+
     def make_hook(kind: int, layer: int) -> _Hook:
         site = f"{_KIND_NAMES[kind]}[{layer}]"
         column = 2 * kind
@@ -324,6 +346,10 @@ def inject_context(
                 raise HookError(
                     f"{site}: output width {hidden.shape[-1]} != hidden size {sites.hidden_size}"
                 )
+            constants = frozen_for(hidden)
+            if constants is not None:
+                shifted, beta = constants
+                return _replace_primary(output, hidden * beta[kind, layer] + shifted[kind, layer])
             # Sliced and cast on every call so that each forward builds its own graph.
             pair = coefficients[..., layer, column : column + 2]
             pair = pair.to(device=hidden.device, dtype=hidden.dtype)

@@ -471,6 +471,44 @@ def test_coefficients_are_reread_each_forward_and_several_backwards_work() -> No
     assert losses[0] != losses[1] != losses[2]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text", "qwen3_moe"])
+def test_inference_path_equals_the_differentiable_path_bit_for_bit(
+        arch: str, dtype: torch.dtype) -> None:
+    """Without a gradient to keep, the hooks use lambda * vector and beta built once on the
+    activations' device; the logits are the differentiable path's, bit for bit."""
+    model = build_tiny_model(arch, dtype=dtype)
+    model.requires_grad_(False)
+    sites = resolve_layer_sites(model)
+    coefficients = torch.nn.Parameter(_random_coefficients((NUM_LAYERS, 4)))
+    ids = _ids()
+    with inject_context(model, sites, vector=_random_vector(sites), coefficients=coefficients):
+        differentiable = model(input_ids=ids).logits
+        with torch.no_grad():
+            inference = model(input_ids=ids).logits
+            again = model(input_ids=ids).logits  # from the cached constants
+    assert differentiable.requires_grad and not inference.requires_grad
+    assert torch.equal(inference, differentiable.detach())
+    assert torch.equal(again, inference)
+
+
+def test_inference_path_follows_in_place_coefficient_updates() -> None:
+    model = build_tiny_model("llama")
+    sites = resolve_layer_sites(model)
+    vector, coefficients = _random_vector(sites), _random_coefficients((NUM_LAYERS, 4))
+    ids = _ids()
+    with torch.no_grad(), inject_context(model, sites, vector=vector,
+                                         coefficients=coefficients):
+        before = model(input_ids=ids).logits
+        coefficients[:, 0::2] *= 3.0  # lambdas, in place: a new tensor version
+        after = model(input_ids=ids).logits
+    with torch.no_grad(), inject_context(model, sites, vector=vector,
+                                         coefficients=coefficients.clone()):
+        fresh = model(input_ids=ids).logits
+    assert not torch.equal(after, before)
+    assert torch.equal(after, fresh)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt_neox", "gpt2"])
 def test_bfloat16_injection_and_float32_coefficient_gradients(arch: str) -> None:
     model = build_tiny_model(arch, dtype=torch.bfloat16)
