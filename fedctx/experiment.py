@@ -38,7 +38,7 @@ UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``participant.calibration.CALIBRATION_OPTIMIZERS``, restated for the same reason.
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 #: ``participant.calibration.CLIP_SCALES``, restated for the same reason.
-CLIP_SCALES = ("none", "residual")
+CLIP_SCALES = ("none", "residual", "residual_capped")
 #: ``privacy.accounting.ACCOUNTANTS``, restated so that reading a config does not import
 #: Opacus (and torch); a unit test keeps the two equal.
 ACCOUNTANTS = ("rdp", "prv")
@@ -102,7 +102,7 @@ class ExperimentConfig:
     #: Adaptive clipping's target quantiles of the per-record gradient norms (0 = a fixed
     #: clip; see ``CalibrationConfig.clip_quantile``): an axis for fedctx cells under DP.
     clip_quantiles: tuple[float, ...] = (0.0,)
-    #: How each record's clip is scaled (``none``, or ``residual``: see
+    #: How each record's clip is scaled (``none``, ``residual`` or ``residual_capped``: see
     #: ``CalibrationConfig.clip_scale``): an axis for fedctx cells under DP.
     clip_scales: tuple[str, ...] = ("none",)
     #: The adaptive clip's geometric step (``CalibrationConfig.clip_learning_rate``).
@@ -325,7 +325,7 @@ def describe(spec: RunSpec) -> str:
         elif spec.max_grad_norm != 1.0:
             extras.append(f"clip {spec.max_grad_norm:g}")
         if spec.clip_scale != "none":
-            extras.append(f"{spec.clip_scale}-scaled clip")
+            extras.append(f"{spec.clip_scale.replace('_', '-')}-scaled clip")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"

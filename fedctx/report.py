@@ -158,7 +158,8 @@ def _groups(row: dict[str, object]) -> str:
 def _clip(row: dict[str, object]) -> str:
     quantile = float(row.get("clip_quantile", 0.0) or 0.0)  # type: ignore[arg-type]
     clip = float(row.get("max_grad_norm", 1.0))  # type: ignore[arg-type]
-    scaled = ", residual-scaled" if row.get("clip_scale", "none") == "residual" else ""
+    scale = row.get("clip_scale", "none")
+    scaled = "" if scale in ("none", None) else f", {str(scale).replace('_', '-')}-scaled"
     if quantile:
         return f", clip to the {quantile:g} quantile"
     return (f", clip {clip:g}" if clip != 1.0 else "") + scaled

@@ -34,7 +34,7 @@ UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``CalibrationConfig.optimizer`` values.
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 #: ``CalibrationConfig.clip_scale`` values.
-CLIP_SCALES = ("none", "residual")
+CLIP_SCALES = ("none", "residual", "residual_capped")
 #: Adaptive clipping: std of the unclipped-count noise, in units of the noise multiplier.
 #: Andrew et al.'s Theorem 1 then raises the gradient noise to
 #: ``sigma / sqrt(1 - 1 / (4 * ratio**2))`` (3% more at 2) so that both releases together
@@ -91,8 +91,16 @@ class CalibrationConfig:
             records of the classes most participants hold keep pushing towards them after
             they are right, which the unclipped loss does not do (its gradients fade as
             p(y) -> 1); the clip alone collapsed subj to one class (§16). Scaling by the
-            residual keeps the fading and normalises only the Jacobian part. Ignored
-            without DP (nothing is clipped). Not combined with ``clip_quantile``.
+            residual keeps the fading and normalises only the Jacobian part.
+            ``residual_capped``: clipped to ``max_grad_norm * min(1, r_i / r_uniform)``,
+            ``r_uniform = sqrt((K - 1) / (2 K))`` being the residual of the uniform
+            prediction over the loss's K classes (1/2 for two labels, so ``min(1, 2 r_i)``;
+            0.65 for six): a record predicted no better than chance keeps the whole clip,
+            and only records the coefficients already classify fade. ``residual`` scales a
+            misclassified six-label record the model is unsure of to about 0.65 of the
+            clip, which cost trec signal (docs/results.md §18). Sensitivity and accounting
+            as for ``residual``. Both are ignored without DP (nothing is clipped) and not
+            combined with ``clip_quantile``.
         clip_learning_rate: the adaptive clip's geometric step. Andrew et al. take 0.2 over
             hundreds of rounds; a participant here takes about 20 DP steps, and at 0.5
             the clip can cross a 10x range (the records' median norms were 2-11 against a
@@ -330,6 +338,25 @@ class EncodedQueries:
         return enc["input_ids"], enc["attention_mask"], enc["attention_mask"].sum(1) - 1
 
 
+def residual_clip_scales(residuals: torch.Tensor, *, clip_scale: str,
+                         num_classes: int) -> torch.Tensor:
+    """Per-record clip factors in [0, 1] from residuals ``[B]`` (``CalibrationConfig.clip_scale``).
+
+    ``residual``: the residuals themselves. ``residual_capped``: ``min(1, r / r_uniform)``
+    with ``r_uniform = sqrt((K - 1) / (2 K))``, the residual of a uniform prediction over
+    ``num_classes`` = K. Either way a record's clipped gradient has norm at most the clip,
+    so the sensitivity is the clip's.
+    """
+    if clip_scale == "residual":
+        return residuals
+    if clip_scale == "residual_capped":
+        if num_classes < 2:
+            raise ConfigError(f"residual_capped needs at least 2 classes, got {num_classes}")
+        uniform = math.sqrt((num_classes - 1) / (2 * num_classes))
+        return (residuals / uniform).clamp(max=1.0)
+    raise ConfigError(f"no clip factors for clip_scale {clip_scale!r}")
+
+
 class LocalCalibrator:
     """One participant's coefficient trainer, kept across federated rounds.
 
@@ -464,15 +491,24 @@ class LocalCalibrator:
         return grad.detach(), float(loss.detach()), residuals
 
     def _step_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
-        """A step's per-record gradients as handed to the (DP) optimiser: under DP with
-        ``clip_scale="residual"`` record i already clipped to ``clip * r_i`` (at most the
-        clip, so Opacus's own clip leaves it and the noise is unchanged)."""
-        if not (self.private and self.config.clip_scale == "residual"):
+        """A step's per-record gradients as handed to the (DP) optimiser: under DP with a
+        ``clip_scale``, record i already clipped to ``clip * s_i`` with ``s_i`` in [0, 1]
+        (:func:`residual_clip_scales`; at most the clip, so Opacus's own clip leaves it
+        and the noise is unchanged)."""
+        if not (self.private and self.config.clip_scale != "none"):
             return self.per_example_gradients(indices)
         grads, loss, residuals = self.per_example_gradients_and_residuals(indices)
+        scales = residual_clip_scales(residuals, clip_scale=self.config.clip_scale,
+                                      num_classes=self._loss_classes())
         norms = grads.flatten(1).norm(dim=1)
-        factor = (self.clip * residuals / norms.clamp(min=1e-12)).clamp(max=1.0)
+        factor = (self.clip * scales / norms.clamp(min=1e-12)).clamp(max=1.0)
         return grads * factor.view(-1, *([1] * (grads.dim() - 1))), loss
+
+    def _loss_classes(self) -> int:
+        """K, the number of classes the loss's softmax runs over."""
+        if self.config.loss == "label_words":
+            return len(self.queries.label_token_ids)
+        return int(self.lm.model.get_output_embeddings().weight.shape[0])
 
     def run_round(self, start: torch.Tensor) -> torch.Tensor:
         """Train ``steps_per_round`` steps from ``start`` ``[G, 4]``; return the update."""

@@ -85,6 +85,9 @@ def _clip_text(config: CalibrationConfig, clip: float) -> str:
     if config.clip_scale == "residual":
         return (f"per-record gradient L2 {clip:g} (record i clipped to {clip:g} x its "
                 f"residual r_i <= 1)")
+    if config.clip_scale == "residual_capped":
+        return (f"per-record gradient L2 {clip:g} (record i clipped to {clip:g} x "
+                f"min(1, r_i / r_uniform) <= 1)")
     if not config.clip_quantile:
         return f"per-record gradient L2 {clip:g}"
     return (f"per-record gradient L2 {clip:.4g} at the round's start, adapting to the "

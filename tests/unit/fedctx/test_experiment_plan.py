@@ -196,11 +196,11 @@ def test_the_clip_scale_axis_covers_dp_fedctx_cells_and_is_not_combined_with_ada
     config = ExperimentConfig(name="g", tasks=("sst2",), epsilons=(math.inf, 8.0),
                               vector_sources=("public",), control_sources=(),
                               baselines=(), clip_quantiles=(0.0, 0.5),
-                              clip_scales=("none", "residual"))
+                              clip_scales=("none", "residual", "residual_capped"))
     runs = plan_runs(config)
     assert sorted((r.epsilon, r.clip_quantile, r.clip_scale) for r in runs) == [
-        (8.0, 0.0, "none"), (8.0, 0.0, "residual"), (8.0, 0.5, "none"),
-        (math.inf, 0.0, "none")]
+        (8.0, 0.0, "none"), (8.0, 0.0, "residual"), (8.0, 0.0, "residual_capped"),
+        (8.0, 0.5, "none"), (math.inf, 0.0, "none")]
     default = next(r for r in runs if r.epsilon == 8.0 and r.clip_scale == "none"
                    and not r.clip_quantile)
     assert default.key() == RunSpec("sst2", "fedctx", 10, 0.5, 0, 8.0, "public").key()
@@ -208,6 +208,9 @@ def test_the_clip_scale_axis_covers_dp_fedctx_cells_and_is_not_combined_with_ada
     assert scaled.key() != default.key()
     assert Harness(config, tmp_path)._calibration(scaled).clip_scale == "residual"
     assert describe(scaled).endswith("fedctx public (eps=8, residual-scaled clip)")
+    capped = next(r for r in runs if r.clip_scale == "residual_capped")
+    assert len({default.key(), scaled.key(), capped.key()}) == 3
+    assert describe(capped).endswith("fedctx public (eps=8, residual-capped-scaled clip)")
     for bad in (("loss",), ()):
         with pytest.raises(ConfigError, match="clip_scales must be"):
             dataclasses.replace(config, clip_scales=bad)

@@ -54,6 +54,8 @@ def test_coefficient_groups_get_their_own_rows() -> None:
 @pytest.mark.parametrize(("field", "default", "other", "label"), [
     ("update_weighting", "uniform", "precision", "precision-weighted"),
     ("calibration_optimizer", "local_adamw", "global_adam", "global Adam"),
+    ("clip_scale", "none", "residual", "residual-scaled"),
+    ("clip_scale", "none", "residual_capped", "residual-capped-scaled"),
 ])
 def test_calibration_variants_get_their_own_rows(
     field: str, default: str, other: str, label: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,52 @@ def test_residual_clip_scales_each_records_clip_and_keeps_the_noise(
     assert torch.allclose(update, -expected_sum / 4, atol=1e-5)
     assert calibrator.optimizer.max_grad_norm == 2.0  # type: ignore[attr-defined]
     assert calibrator.optimizer.noise_multiplier == 1e-9  # type: ignore[attr-defined]
+
+
+def test_residual_clip_scales_plain_and_capped_at_the_uniform_predictions_residual() -> None:
+    from participant.calibration import residual_clip_scales
+
+    residuals = torch.tensor([0.0, 0.1, 0.25, 0.5, 0.7, 1.0])
+    plain = residual_clip_scales(residuals, clip_scale="residual", num_classes=2)
+    assert torch.equal(plain, residuals)
+    two = residual_clip_scales(residuals, clip_scale="residual_capped", num_classes=2)
+    assert torch.allclose(two, torch.tensor([0.0, 0.2, 0.5, 1.0, 1.0, 1.0]))  # min(1, 2 r)
+    # six labels: a uniform prediction's residual ||1/6 - e_y|| / sqrt(2) maps to exactly 1
+    uniform = (torch.full((6,), 1 / 6) - torch.eye(6)[0]).norm() / math.sqrt(2.0)
+    six = residual_clip_scales(torch.stack([uniform, uniform / 2]),
+                               clip_scale="residual_capped", num_classes=6)
+    assert torch.allclose(six, torch.tensor([1.0, 0.5]), atol=1e-6)
+    with pytest.raises(ConfigError, match="2 classes"):
+        residual_clip_scales(residuals, clip_scale="residual_capped", num_classes=1)
+    with pytest.raises(ConfigError, match="no clip factors"):
+        residual_clip_scales(residuals, clip_scale="none", num_classes=2)
+
+
+def test_capped_residual_clip_keeps_the_whole_clip_until_a_record_beats_chance(
+    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sst2's two label words: record i is clipped to ``clip * min(1, 2 r_i)``."""
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+    config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=1.0, batch_size=4,
+                               steps_per_round=1, max_grad_norm=2.0,
+                               clip_scale="residual_capped")
+    calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                 noise_multiplier=1e-9, seed=0)
+    assert calibrator._loss_classes() == 2
+    unit = torch.ones(calibrator.coefficients.shape)
+    unit = unit / unit.norm()
+    grads = torch.stack([5.0 * unit, 5.0 * unit, -5.0 * unit, 5.0 * unit])
+    residuals = torch.tensor([0.0, 0.25, 0.5, 0.9])
+    monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(calibrator, "per_example_gradients_and_residuals",
+                        lambda idx: (grads, 1.0, residuals))
+    update = calibrator.run_round(calibrator.coefficients.detach().clone())
+    expected_sum = (0.0 + 1.0 - 2.0 + 2.0) * unit  # clips 0, 1, 2 and 2
+    assert torch.allclose(update, -expected_sum / 4, atol=1e-5)
+    assert calibrator.optimizer.max_grad_norm == 2.0  # type: ignore[attr-defined]
 
 
 def test_residual_clip_is_ignored_without_dp_and_refused_with_an_adaptive_clip(
