@@ -401,3 +401,12 @@ def test_residual_clip_is_ignored_without_dp_and_refused_with_an_adaptive_clip(
     monkeypatch.setattr(calibrator, "per_example_gradients", lambda idx: (grads, 1.0))
     update = calibrator.run_round(calibrator.coefficients.detach().clone())
     assert torch.allclose(update, -grads.mean(0), atol=1e-6)  # no clip, no scaling
+
+
+def test_the_ledgers_sensitivity_line_names_each_clip_scale() -> None:
+    from participant.federation import _clip_text
+
+    assert _clip_text(CalibrationConfig(), 1.0) == "per-record gradient L2 1"
+    assert "x its residual r_i <= 1" in _clip_text(CalibrationConfig(clip_scale="residual"), 1.0)
+    capped = _clip_text(CalibrationConfig(clip_scale="residual_capped"), 2.0)
+    assert capped.startswith("per-record gradient L2 2 ") and "min(1, r_i / r_uniform)" in capped
