@@ -318,14 +318,17 @@ def inject_context(
     # version of ``coefficients`` (torch bumps ``_version`` on every in-place update), so a
     # hook adds two kernels and no host-to-device copy per layer; on a GPU the per-call copy
     # of CPU coefficients stalled every hook (docs/benchmarks.md).
-    frozen: dict[tuple[torch.dtype, torch.device, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    frozen: dict[tuple[torch.dtype, torch.device, int, bool],
+                 tuple[torch.Tensor, torch.Tensor]] = {}
 
     def frozen_for(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(lambda * vector [2, L, d], beta [2, L])`` on ``like``'s device, or ``None``."""
         if per_example or noise_scale > 0 or (
                 torch.is_grad_enabled() and coefficients.requires_grad):
             return None
-        key = (like.dtype, like.device, coefficients._version)
+        # inference_mode's tensors cannot be saved for a backward pass outside it
+        key = (like.dtype, like.device, coefficients._version,
+               torch.is_inference_mode_enabled())
         cached = frozen.get(key)
         if cached is None:
             for stale in [k for k in frozen if k[2] != key[2]]:

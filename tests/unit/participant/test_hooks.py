@@ -509,6 +509,23 @@ def test_inference_path_follows_in_place_coefficient_updates() -> None:
     assert torch.equal(after, fresh)
 
 
+def test_inference_mode_constants_do_not_leak_into_a_differentiable_forward() -> None:
+    """Constants built under ``torch.inference_mode`` are not reused where autograd must
+    save them (here: gradients to the inputs' embeddings, coefficients frozen)."""
+    model = build_tiny_model("llama")
+    sites = resolve_layer_sites(model)
+    ids = _ids()
+    with inject_context(model, sites, vector=_random_vector(sites),
+                        coefficients=_random_coefficients((NUM_LAYERS, 4))):
+        with torch.inference_mode():
+            expected = model(input_ids=ids).logits
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        logits = model(inputs_embeds=embeds).logits
+        logits.sum().backward()
+    assert embeds.grad is not None
+    assert torch.equal(logits.detach(), expected)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt_neox", "gpt2"])
 def test_bfloat16_injection_and_float32_coefficient_gradients(arch: str) -> None:
     model = build_tiny_model(arch, dtype=torch.bfloat16)
