@@ -304,33 +304,37 @@ def test_residuals_are_the_logit_gradient_norm_over_sqrt2(
     assert bool(((residuals >= 0) & (residuals <= 1)).all())
 
 
-def test_residual_clip_scales_each_records_clip_and_keeps_the_noise(
-    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("clip_scale", "norms", "residuals", "clipped"), [
+    # clips 0, 2, 0.5 and 1 (the last record's norm 0.1 is below its clip: kept)
+    ("residual", (5.0, 5.0, -5.0, 0.1), (0.0, 1.0, 0.25, 0.5), (0.0, 2.0, -0.5, 0.1)),
+    # sst2's two label words: clips 2 * min(1, 2 r) = 0, 1, 2 and 2
+    ("residual_capped", (5.0, 5.0, -5.0, 5.0), (0.0, 0.25, 0.5, 0.9), (0.0, 1.0, -2.0, 2.0)),
+])
+def test_scaled_clips_clip_each_record_and_keep_the_noise(
+    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch, clip_scale: str,
+    norms: tuple[float, ...], residuals: tuple[float, ...], clipped: tuple[float, ...],
 ) -> None:
-    """Under DP with ``clip_scale="residual"`` record i enters the sum clipped to
-    ``clip * r_i``: a record already classified (r = 0) adds nothing, one with r = 1 is
-    clipped as before, one below its scaled clip is kept whole (sigma ~ 0, so the update
-    is the clipped sum). The optimiser keeps the fixed clip and sigma, which set its
-    noise std."""
+    """Under DP with a ``clip_scale`` record i enters the sum clipped to ``clip * s_i``: a
+    record already classified (r = 0) adds nothing, one at s = 1 is clipped as before, one
+    below its scaled clip is kept whole (sigma ~ 0, so the update is the clipped sum). The
+    optimiser keeps the fixed clip and sigma, which set its noise std."""
     from participant.calibration import LocalCalibrator
 
     lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
     vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
     config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=1.0, batch_size=4,
-                               steps_per_round=1, max_grad_norm=2.0, clip_scale="residual")
+                               steps_per_round=1, max_grad_norm=2.0, clip_scale=clip_scale)
     calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
                                  noise_multiplier=1e-9, seed=0)
+    assert calibrator._loss_classes() == 2
     rows = calibrator.coefficients.shape
     unit = torch.ones(rows) / torch.ones(rows).norm()
-    grads = torch.stack([5.0 * unit, 5.0 * unit, -5.0 * unit, 0.1 * unit])
-    residuals = torch.tensor([0.0, 1.0, 0.25, 0.5])
+    grads = torch.stack([n * unit for n in norms])
     monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1, 2, 3])
     monkeypatch.setattr(calibrator, "per_example_gradients_and_residuals",
-                        lambda idx: (grads, 1.0, residuals))
+                        lambda idx: (grads, 1.0, torch.tensor(residuals)))
     update = calibrator.run_round(calibrator.coefficients.detach().clone())
-    # clips 0, 2, 0.5 and 1 (the last record's norm 0.1 is below its clip: kept)
-    expected_sum = (0.0 + 2.0 - 0.5 + 0.1) * unit
-    assert torch.allclose(update, -expected_sum / 4, atol=1e-5)
+    assert torch.allclose(update, -sum(clipped) * unit / 4, atol=1e-5)
     assert calibrator.optimizer.max_grad_norm == 2.0  # type: ignore[attr-defined]
     assert calibrator.optimizer.noise_multiplier == 1e-9  # type: ignore[attr-defined]
 
@@ -352,33 +356,6 @@ def test_residual_clip_scales_plain_and_capped_at_the_uniform_predictions_residu
         residual_clip_scales(residuals, clip_scale="residual_capped", num_classes=1)
     with pytest.raises(ConfigError, match="no clip factors"):
         residual_clip_scales(residuals, clip_scale="none", num_classes=2)
-
-
-def test_capped_residual_clip_keeps_the_whole_clip_until_a_record_beats_chance(
-    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """sst2's two label words: record i is clipped to ``clip * min(1, 2 r_i)``."""
-    from participant.calibration import LocalCalibrator
-
-    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
-    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
-    config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=1.0, batch_size=4,
-                               steps_per_round=1, max_grad_norm=2.0,
-                               clip_scale="residual_capped")
-    calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
-                                 noise_multiplier=1e-9, seed=0)
-    assert calibrator._loss_classes() == 2
-    unit = torch.ones(calibrator.coefficients.shape)
-    unit = unit / unit.norm()
-    grads = torch.stack([5.0 * unit, 5.0 * unit, -5.0 * unit, 5.0 * unit])
-    residuals = torch.tensor([0.0, 0.25, 0.5, 0.9])
-    monkeypatch.setattr(calibrator, "_sample", lambda: [0, 1, 2, 3])
-    monkeypatch.setattr(calibrator, "per_example_gradients_and_residuals",
-                        lambda idx: (grads, 1.0, residuals))
-    update = calibrator.run_round(calibrator.coefficients.detach().clone())
-    expected_sum = (0.0 + 1.0 - 2.0 + 2.0) * unit  # clips 0, 1, 2 and 2
-    assert torch.allclose(update, -expected_sum / 4, atol=1e-5)
-    assert calibrator.optimizer.max_grad_norm == 2.0  # type: ignore[attr-defined]
 
 
 def test_residual_clip_is_ignored_without_dp_and_refused_with_an_adaptive_clip(
