@@ -372,7 +372,8 @@ class LocalCalibrator:
         seed: seeds batch sampling and calibration noise.
 
     The coefficients, their gradients and the optimiser live on the CPU whatever the
-    model's device (they are 4G values); the hooks move them to the activations.
+    model's device (they are 4G values); each forward pass moves the per-record rows to
+    the model's device once.
     """
 
     def __init__(
@@ -470,9 +471,12 @@ class LocalCalibrator:
         input_ids, mask, last = self.queries.batch(indices)
         per_row = self.coefficients.detach().unsqueeze(0).repeat(len(indices), 1, 1)
         per_row.requires_grad_(True)
+        # One differentiable copy to the model's device per forward pass (the gradient comes
+        # back in one), not one per hooked site in each direction.
+        rows_on_device = per_layer(per_row, self.sites.num_layers).to(self.lm.device)
         with inject_context(
             self.lm.model, self.sites, vector=self.vector,
-            coefficients=per_layer(per_row, self.sites.num_layers),
+            coefficients=rows_on_device,
             noise_scale=self.config.calibration_noise, generator=self.noise_generator,
         ):
             final = last_token_logits(self.lm.model, input_ids, mask, last)

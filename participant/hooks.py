@@ -151,8 +151,11 @@ class ActivationStore:
                 raise HookError(
                     "capture_activations: the forward pass failed before every site was recorded"
                 )
-            per_kind.append(torch.stack(rows, dim=1))  # [B, L, d]
-        return torch.stack(per_kind, dim=1)
+            device = rows[0].device  # a model split over devices: gather on the first
+            per_kind.append(torch.stack([row.to(device) for row in rows], dim=1))  # [B, L, d]
+        attn, mlp = per_kind
+        return torch.stack((attn, mlp.to(attn.device)), dim=1).to(
+            device="cpu", dtype=torch.float32)
 
 
 @contextmanager
@@ -221,7 +224,9 @@ def capture_activations(
                 index = on_device.setdefault(hidden.device, positions.to(hidden.device))
             rows = torch.arange(batch, device=hidden.device)
             picked = hidden[rows, index]  # [B, d]
-            store._record(kind, layer, picked.detach().to(device="cpu", dtype=torch.float32))
+            # Kept on the activations' device: result() moves all sites in one copy, where
+            # a copy per site would stall a GPU's launch queue 2L times per forward pass.
+            store._record(kind, layer, picked.detach())
 
         return hook
 

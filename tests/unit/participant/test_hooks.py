@@ -268,6 +268,38 @@ def test_capture_right_padded_batch_matches_unpadded_rows(arch: str) -> None:
         torch.testing.assert_close(batched[row], alone[0], rtol=1e-5, atol=1e-5)
 
 
+def test_bfloat16_capture_is_converted_once_at_result() -> None:
+    """Sites stay in the activations' dtype and device until ``result()``, which returns the
+    float32 CPU values the hooked outputs had (no per-site copy during the forward pass)."""
+    model = build_tiny_model("llama", dtype=torch.bfloat16)
+    sites = resolve_layer_sites(model)
+    positions = torch.tensor([5, 2, 4])
+    seen: dict[tuple[int, int], torch.Tensor] = {}
+
+    def spy(kind: int, layer: int):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            seen[kind, layer] = hidden[torch.arange(BATCH), positions].float()
+        return hook
+
+    handles = [
+        modules[layer].register_forward_hook(spy(kind, layer))
+        for kind, modules in ((ATTN, sites.attn), (MLP, sites.mlp))
+        for layer in range(sites.num_layers)
+    ]
+    try:
+        with torch.no_grad(), capture_activations(model, sites, positions=positions) as store:
+            model(input_ids=_ids())
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(row.dtype == torch.bfloat16 for rows in store._rows for row in rows)
+    result = store.result()
+    assert result.dtype == torch.float32 and result.device.type == "cpu"
+    for (kind, layer), expected in seen.items():
+        torch.testing.assert_close(result[:, kind, layer], expected, rtol=0, atol=0)
+
+
 def test_capture_requires_exactly_one_forward() -> None:
     model = build_tiny_model("llama")
     sites = resolve_layer_sites(model)
