@@ -13,7 +13,16 @@ I2CL initial coefficients, and every record's gradient of the calibration loss i
   ``sigma * clip`` per value, divided by the batch), with sigma set by the budget, the
   protocol's steps and sampling rate as the participant's accountant would.
 
+- for the per-record clip scales (``clip_scale``: none, residual, residual_capped; G = L),
+  the records' residuals ``||p - onehot(y)|| / sqrt(2)`` and how many the coefficients
+  already classify, then per scale the signal ``s``, its cosine with the *unclipped* mean
+  gradient (what the non-private calibration follows: 1 means the clip costs no
+  direction) and the step's SNR. ``--at`` takes the coefficients (and vector) from a
+  ``*-calibrated.pt``, to read the same figures where a calibration ended instead of at
+  the initial coefficients.
+
     .venv/bin/python benchmarks/calibration_snr.py [--epsilon 8] [--records 48]
+    .venv/bin/python benchmarks/calibration_snr.py --tasks trec --at <run>/p00/*-calibrated.pt
 """
 
 from __future__ import annotations
@@ -24,9 +33,16 @@ import math
 import torch
 
 from _common import print_footer, print_header, print_table, quiet_transformers
-from participant.calibration import CalibrationConfig, LocalCalibrator
+from participant.calibration import (
+    CLIP_SCALES,
+    CalibrationConfig,
+    LocalCalibrator,
+    per_layer,
+    residual_clip_scales,
+)
 from participant.context_vectors import public_reference
 from participant.data import balanced_sample, load_split
+from participant.evaluation import predict
 from participant.layers import resolve_layer_sites
 from participant.model import load_model
 from participant.tasks import load_task
@@ -42,6 +58,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="local steps, whole protocol")
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--groups", type=int, nargs="+", default=[0, 10, 5, 3, 2, 1])
+    parser.add_argument("--clip-scales", nargs="+", default=list(CLIP_SCALES),
+                        choices=CLIP_SCALES)
+    parser.add_argument("--at", default=None,
+                        help="a *-calibrated.pt: its coefficients and vector (one task)")
     parser.add_argument("--tasks", nargs="+", default=["sst2", "subj", "agnews", "trec"])
     parser.add_argument("--data-root", default="../shared/data")
     args = parser.parse_args()
@@ -57,17 +77,35 @@ def main() -> None:
     lm = load_model()
     sites = resolve_layer_sites(lm.model)
     layers = sites.num_layers
-    rows = []
+    saved = torch.load(args.at, weights_only=True) if args.at else None
+    if saved is not None:
+        if len(args.tasks) != 1 or saved["task"] != args.tasks[0]:
+            parser.error(f"--at holds task {saved['task']!r}: pass --tasks {saved['task']}")
+        if saved["model_fingerprint"] != lm.fingerprint:
+            parser.error("--at was calibrated on another model")
+        print(f"at the coefficients and vector of {args.at}\n")
+    rows, scale_rows = [], []
     for name in args.tasks:
         task = load_task(name)
         train = load_split(task, "train", data_dir=f"{args.data_root}/{name}")
         records = balanced_sample(train, per_class=args.records // len(task.labels),
                                   num_classes=len(task.labels), seed=0)
-        vector = public_reference(lm, sites, task).vector
+        vector = saved["vector"] if saved else public_reference(lm, sites, task).vector
         calibrator = LocalCalibrator(lm, sites, task, records, vector,
                                      config=CalibrationConfig(batch_size=args.batch_size),
                                      noise_multiplier=0.0, seed=0)
-        grads, _ = calibrator.per_example_gradients(list(range(len(records))))  # [N, L, 4]
+        if saved is not None:
+            with torch.no_grad():
+                calibrator.coefficients.copy_(saved["coefficients"])
+        grads, _, residuals = calibrator.per_example_gradients_and_residuals(
+            list(range(len(records))))  # [N, L, 4], [N]
+        predicted = predict(lm, sites, task, [r.text for r in records], vector=vector,
+                            coefficients=per_layer(calibrator.coefficients.detach(), layers))
+        classified = sum(p == r.label for p, r in zip(predicted, records, strict=True))
+        scale_rows.append(_clip_scale_cells(
+            name, grads, residuals, classified=classified / len(records),
+            num_classes=calibrator._loss_classes(),
+            scales=args.clip_scales, clip=args.clip, batch=args.batch_size, sigma=sigma))
         norms = grads.flatten(1).norm(dim=1)
         cells = [name, f"{float(norms.median()):.2f}",
                  f"{float(norms.quantile(0.1)):.2f}-{float(norms.quantile(0.9)):.2f}"]
@@ -85,8 +123,34 @@ def main() -> None:
         f"G={g or layers} s/SNR" for g in args.groups]
     print_table(headers, rows)
     print("\nSNR: clipped-mean norm over noise norm for one step of one participant "
-          "(aggregating n participants multiplies it by about sqrt(n)).")
+          "(aggregating n participants multiplies it by about sqrt(n)).\n")
+    print_table(["task", "classified", "residual median (p10-p90)"] + [
+        f"{scale}: s / cos / SNR" for scale in args.clip_scales], scale_rows)
+    print("\nclassified: share of the records whose label the coefficients already rank "
+          "first; cos: the clipped mean's cosine with the unclipped mean gradient.")
     print_footer()
+
+
+def _clip_scale_cells(name: str, grads: torch.Tensor, residuals: torch.Tensor, *,
+                      classified: float, num_classes: int, scales: list[str], clip: float,
+                      batch: int, sigma: float) -> list[str]:
+    """One row of the clip-scale table: grads ``[N, L, 4]``, residuals ``[N]`` in [0, 1]."""
+    flat = grads.flatten(1).double()
+    unclipped = flat.mean(0)
+    norms = flat.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    cells = [name, f"{classified:.0%}",
+             f"{float(residuals.median()):.2f} ({float(residuals.quantile(0.1)):.2f}-"
+             f"{float(residuals.quantile(0.9)):.2f})"]
+    for scale in scales:
+        factor = torch.ones_like(residuals, dtype=torch.float64) if scale == "none" else \
+            residual_clip_scales(residuals.double(), clip_scale=scale, num_classes=num_classes)
+        clipped = flat * torch.clamp(clip * factor.unsqueeze(1) / norms, max=1.0)
+        mean = clipped.mean(0)
+        signal = float(mean.norm()) / clip
+        cos = float(torch.nn.functional.cosine_similarity(mean, unclipped, dim=0))
+        snr = signal * batch / (sigma * math.sqrt(flat.shape[1]))
+        cells.append(f"{signal:.3f} / {cos:.2f} / {snr:.2f}")
+    return cells
 
 
 if __name__ == "__main__":
