@@ -57,7 +57,7 @@ _NOT_SETTINGS = frozenset({
     "name", "device", "data_root", "tasks", "participants", "dirichlet_alpha", "epsilons",
     "vector_sources", "controls_at_epsilon", "control_sources", "seeds", "baselines",
     "vector_clip_modes", "vector_denoise_modes", "coefficient_groups", "update_weightings",
-    "calibration_optimizers", "max_grad_norms", "clip_quantiles", "clip_scales",
+    "calibration_optimizers", "max_grad_norms", "clip_quantiles", "clip_scales", "noise_seeds",
 })
 
 
@@ -105,6 +105,14 @@ class ExperimentConfig:
     #: How each record's clip is scaled (``none``, ``residual`` or ``residual_capped``: see
     #: ``CalibrationConfig.clip_scale``): an axis for fedctx cells under DP.
     clip_scales: tuple[str, ...] = ("none",)
+    #: Seeded DP noise, for paired comparisons (an axis for fedctx cells under DP): empty
+    #: (default), every DP cell draws its noise from the OS-seeded generator, as a
+    #: deployment does. ``[0, 1, ...]``: each DP cell runs once per noise seed, and the
+    #: participants' noise is drawn from generators seeded from (seed, noise seed,
+    #: participant) (``PrivacySettings.insecure_noise_seed``): cells that differ in one
+    #: setting then share their noise draws, so their difference carries less of the
+    #: draw-to-draw spread, and the noise seeds measure that spread.
+    noise_seeds: tuple[int, ...] = ()
     #: The adaptive clip's geometric step (``CalibrationConfig.clip_learning_rate``).
     clip_learning_rate: float = 0.5
     test_per_class: int = 25
@@ -142,6 +150,9 @@ class ExperimentConfig:
         if not self.clip_scales or not set(self.clip_scales) <= set(CLIP_SCALES):
             raise ConfigError(f"clip_scales must be a non-empty list of {CLIP_SCALES}, "
                               f"got {list(self.clip_scales)}")
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+                   for k in self.noise_seeds) or len(set(self.noise_seeds)) != len(self.noise_seeds):
+            raise ConfigError(f"noise_seeds must be distinct ints >= 0, got {list(self.noise_seeds)}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant must be {' or '.join(map(repr, ACCOUNTANTS))}, "
                               f"got {self.accountant!r}")
@@ -198,6 +209,8 @@ class RunSpec:
     max_grad_norm: float = 1.0
     clip_quantile: float = 0.0
     clip_scale: str = "none"
+    #: -1: noise from the OS-seeded generator; k >= 0: seeded (``ExperimentConfig.noise_seeds``)
+    noise_seed: int = -1
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
@@ -206,7 +219,7 @@ class RunSpec:
                               ("coefficient_groups", 0), ("update_weighting", "uniform"),
                               ("calibration_optimizer", "local_adamw"),
                               ("max_grad_norm", 1.0), ("clip_quantile", 0.0),
-                              ("clip_scale", "none")):
+                              ("clip_scale", "none"), ("noise_seed", -1)):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -236,13 +249,14 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
                 config.max_grad_norms if dp else (1.0,), config.clip_quantiles if dp else (0.0,),
                 config.clip_scales if dp else ("none",))
                 if not (quantile and scale != "none")]  # not combined (CalibrationConfig)
-            for (mode, denoise), groups, weighting, optimizer, (clip, quantile, scale) in \
-                    itertools.product(modes, config.coefficient_groups,
-                                      config.update_weightings, config.calibration_optimizers,
-                                      clips):
+            noise_seeds = (config.noise_seeds or (-1,)) if dp else (-1,)
+            for (mode, denoise), groups, weighting, optimizer, (clip, quantile, scale), \
+                    noise_seed in itertools.product(
+                        modes, config.coefficient_groups, config.update_weightings,
+                        config.calibration_optimizers, clips, noise_seeds):
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
                                     denoise, groups, weighting, optimizer, clip, quantile,
-                                    scale))
+                                    scale, noise_seed))
         for source, groups, weighting, optimizer in itertools.product(
                 config.control_sources, config.coefficient_groups, config.update_weightings,
                 config.calibration_optimizers):
@@ -250,6 +264,16 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
                                 config.controls_at_epsilon, source, coefficient_groups=groups,
                                 update_weighting=weighting, calibration_optimizer=optimizer))
     return runs
+
+
+def participant_noise_seed(spec: RunSpec, index: int) -> int:
+    """Participant ``index``'s ``insecure_noise_seed`` in ``spec``'s cell: -1 unless the
+    cell has a noise seed; then a function of (seed, noise seed, participant) only, so
+    that cells differing in any other setting share their participants' noise draws."""
+    if spec.noise_seed < 0:
+        return -1
+    digest = hashlib.sha256(f"{spec.seed}/{spec.noise_seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
 
 
 def append_row(path: Path, row: dict[str, object]) -> None:
@@ -326,6 +350,8 @@ def describe(spec: RunSpec) -> str:
             extras.append(f"clip {spec.max_grad_norm:g}")
         if spec.clip_scale != "none":
             extras.append(f"{spec.clip_scale.replace('_', '-')}-scaled clip")
+        if spec.noise_seed >= 0:
+            extras.append(f"noise seed {spec.noise_seed}")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"
@@ -702,7 +728,8 @@ class Harness:
                 privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta,
                                         accountant=self.config.accountant,
                                         vector_clip_mode=spec.vector_clip_mode,
-                                        vector_denoise=spec.vector_denoise),
+                                        vector_denoise=spec.vector_denoise,
+                                        insecure_noise_seed=participant_noise_seed(spec, index)),
                 calibration=self._calibration(spec),
             ), compute_slot=slot)
             try:

@@ -165,6 +165,11 @@ def _clip(row: dict[str, object]) -> str:
     return (f", clip {clip:g}" if clip != 1.0 else "") + scaled
 
 
+def _noise_seed(row: dict[str, object]) -> str:
+    seed = int(row.get("noise_seed", -1))  # type: ignore[call-overload]
+    return f", noise seed {seed}" if seed >= 0 else ""
+
+
 def _series(row: dict[str, object]) -> str | None:
     """The line a row belongs to on an accuracy-against-epsilon plot (None: a baseline)."""
     if row["method"] == "fedctx":
@@ -174,7 +179,7 @@ def _series(row: dict[str, object]) -> str | None:
             _groups(row).replace(" (", ", ").rstrip(")"),
             ", precision-weighted" if row.get("update_weighting") == "precision" else "",
             ", global Adam" if row.get("calibration_optimizer") == "global_adam" else "",
-            _clip(row)))
+            _clip(row), _noise_seed(row)))
         return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"

@@ -370,6 +370,8 @@ class LocalCalibrator:
             ``G = config.trained_rows(L)`` (expand with :func:`per_layer`).
         noise_multiplier: DP-SGD noise multiplier; 0 disables DP (no clipping either).
         seed: seeds batch sampling and calibration noise.
+        dp_noise_generator: draws DP-SGD's noise; ``None`` (deployments) uses torch's
+            OS-seeded generator (``PrivacySettings.insecure_noise_seed``).
 
     The coefficients, their gradients and the optimiser live on the CPU whatever the
     model's device (they are 4G values); each forward pass moves the per-record rows to
@@ -379,6 +381,7 @@ class LocalCalibrator:
     def __init__(
         self, lm: LoadedModel, sites: LayerSites, task: TaskSpec, examples: list[Example],
         vector: torch.Tensor, *, config: CalibrationConfig, noise_multiplier: float, seed: int,
+        dp_noise_generator: torch.Generator | None = None,
     ) -> None:
         if not examples:
             raise ConfigError("calibration needs at least one labelled record")
@@ -414,12 +417,13 @@ class LocalCalibrator:
                 min_clipbound=config.max_grad_norm / 1000,
                 max_clipbound=config.max_grad_norm * 1000,
                 unclipped_num_std=CLIP_COUNT_NOISE_RATIO * noise_multiplier,
+                generator=dp_noise_generator,
             )
         elif self.private:
             self.optimizer = DPOptimizer(
                 base, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
                 expected_batch_size=self.expected_batch,
-                loss_reduction="mean",
+                loss_reduction="mean", generator=dp_noise_generator,
             )
         self.losses: list[float] = []
 

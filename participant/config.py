@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import torch
 
 from privacy.ckks import CkksParams
 from privacy.errors import ConfigError
@@ -47,6 +50,14 @@ class PrivacySettings:
             deviation, block by block, towards the public reference by its positive-part
             James-Stein factor from the known noise variance (post-processing, no budget
             spent; every participant of a federation must use the same setting).
+        insecure_noise_seed: experiments only. -1 (default): every DP noise draw comes
+            from torch's generator, seeded by the operating system when the process
+            starts. ``k >= 0``: the vector release's and DP-SGD's noise come from
+            generators seeded from ``k``, so two runs that differ in one setting draw the
+            same noise (common random numbers: a paired comparison) and a run can be
+            repeated draw for draw. Anyone who knows the seed can regenerate and subtract
+            the noise, so the guarantee holds only against those who do not: never set
+            it where the records are real.
 
     The calibration's per-record gradient clip is ``[participant.calibration]``'s
     ``max_grad_norm`` (``clip_quantile`` for an adaptive clip, ``clip_scale`` to scale each
@@ -59,6 +70,7 @@ class PrivacySettings:
     vector_clip_norm: float = 0.0
     vector_clip_mode: str = "deviation"
     vector_denoise: str = "james_stein"
+    insecure_noise_seed: int = -1
 
     def __post_init__(self) -> None:
         if not (self.target_epsilon > 0):
@@ -71,6 +83,18 @@ class PrivacySettings:
             raise ConfigError("vector_denoise must be 'none' or 'james_stein'")
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError("accountant must be 'rdp' or 'prv'")
+        if isinstance(self.insecure_noise_seed, bool) or not isinstance(
+                self.insecure_noise_seed, int) or self.insecure_noise_seed < -1:
+            raise ConfigError("insecure_noise_seed must be -1 (noise from the OS-seeded "
+                              f"generator) or a seed >= 0, got {self.insecure_noise_seed!r}")
+
+    def noise_generator(self, stream: str) -> torch.Generator | None:
+        """A generator for one stream of DP noise (``vector`` or ``calibration``) seeded
+        from ``insecure_noise_seed``, or ``None`` (torch's OS-seeded generator) when unset."""
+        if self.insecure_noise_seed < 0:
+            return None
+        digest = hashlib.sha256(f"{self.insecure_noise_seed}/{stream}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
     @property
     def private(self) -> bool:

@@ -394,6 +394,9 @@ class Participant:
         cfg, task = self.config, self.task
         timings: dict[str, float] = {}
         sigma = self.noise_multiplier()
+        if cfg.privacy.private and cfg.privacy.insecure_noise_seed >= 0:
+            logger.warning("[Participant] DP noise is seeded (insecure_noise_seed): an "
+                           "experiment setting; whoever knows the seed can remove the noise")
         demos = (
             balanced_sample(self.records, per_class=cfg.demonstrations_per_class,
                             num_classes=len(task.labels), seed=cfg.seed)
@@ -437,7 +440,7 @@ class Participant:
             private_start = time.perf_counter()
             deviation = private_deviation_mean(
                 acts, center, clip_norm=clip if cfg.privacy.private else None,
-                noise_multiplier=sigma,
+                noise_multiplier=sigma, generator=cfg.privacy.noise_generator("vector"),
             ).numpy().ravel()
             release = f"{cfg.federation_id}/vector"
             if release not in {e.release_id for e in self.ledger.entries}:
@@ -501,6 +504,7 @@ class Participant:
             calibrator = LocalCalibrator(
                 self.lm, self.sites, task, self.records, vector, config=cfg.calibration,
                 noise_multiplier=sigma, seed=cfg.seed,
+                dp_noise_generator=cfg.privacy.noise_generator("calibration"),
             )
             for r in range(1, cfg.calibration.rounds + 1):
                 round_id = f"calib-{cfg.vector_source}-{r}"

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -202,3 +203,33 @@ def test_a_residual_scaled_clip_cell_runs_and_its_ledger_says_so(
     assert "fedctx public (eps=4, residual-scaled)" in markdown([row])
     ledgers = [f for d in (tmp_path / "out" / "runs").rglob("ledger") for f in d.glob("*.jsonl")]
     assert ledgers and "x its residual" in ledgers[0].read_text()
+
+
+def test_a_noise_seeded_dp_cell_repeats_its_draws_and_another_seed_does_not(
+    tiny_llama_dir: Path, shared_data: Path, tmp_path: Path,
+) -> None:
+    """``noise_seeds``: the same DP cell run twice (two out folders) with noise seed 0 ends
+    with the same calibrated coefficients, up to CKKS's encoding error; noise seed 1 ends
+    elsewhere. Rows record the seed and the report names it."""
+    from fedctx.experiment import ExperimentConfig, Harness
+    from fedctx.report import markdown
+
+    def cell(noise_seed: int, out: str) -> tuple[dict[str, object], torch.Tensor]:
+        config = ExperimentConfig(
+            name="paired", tasks=("sst2",), data_root=str(shared_data),
+            model=str(tiny_llama_dir), participants=(2,), dirichlet_alpha=(0.0,),
+            epsilons=(2.0,), vector_sources=("public",), control_sources=(), seeds=(0,),
+            baselines=(), records_per_participant=12, rounds=2, steps_per_round=2,
+            batch_size=4, test_per_class=2, noise_seeds=(noise_seed,),
+        )
+        (row,) = Harness(config, tmp_path / out).run(progress=False)
+        (saved,) = (tmp_path / out / "runs").rglob("p00/*-calibrated.pt")
+        return row, torch.load(saved, weights_only=True)["coefficients"]
+
+    row, first = cell(0, "a")
+    _, again = cell(0, "b")
+    _, other = cell(1, "c")
+    assert row["noise_seed"] == 0 and "noise seed 0" in markdown([row])
+    moved = float((first - other).abs().max())
+    assert moved > 1e-3
+    assert float((first - again).abs().max()) < 1e-4 * moved

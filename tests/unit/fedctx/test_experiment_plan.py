@@ -214,3 +214,36 @@ def test_the_clip_scale_axis_covers_dp_fedctx_cells_and_is_not_combined_with_ada
     for bad in (("loss",), ()):
         with pytest.raises(ConfigError, match="clip_scales must be"):
             dataclasses.replace(config, clip_scales=bad)
+
+
+def test_the_noise_seed_axis_replicates_dp_fedctx_cells_and_pairs_their_noise() -> None:
+    """``noise_seeds`` replicates the fedctx cells under DP only (no noise to seed without
+    it), keeps every key when empty, names the seed in ``describe``; a participant's seed
+    depends on (seed, noise seed, participant) only, so cells that differ in the clip share
+    it; a negative or repeated noise seed is refused."""
+    from fedctx.experiment import participant_noise_seed
+    from privacy.errors import ConfigError
+
+    base = ExperimentConfig(name="n", tasks=("sst2",), epsilons=(math.inf, 8.0),
+                            vector_sources=("public",), control_sources=(), baselines=(),
+                            clip_scales=("none", "residual"))
+    assert all(r.noise_seed == -1 for r in plan_runs(base))
+    runs = plan_runs(dataclasses.replace(base, noise_seeds=(0, 1)))
+    assert sorted((r.epsilon, r.clip_scale, r.noise_seed) for r in runs) == [
+        (8.0, "none", 0), (8.0, "none", 1), (8.0, "residual", 0), (8.0, "residual", 1),
+        (math.inf, "none", -1)]
+    unseeded = {r.key() for r in plan_runs(base)}
+    assert next(r for r in runs if math.isinf(r.epsilon)).key() in unseeded
+    assert not unseeded & {r.key() for r in runs if r.noise_seed >= 0}
+    plain, scaled = (next(r for r in runs if r.noise_seed == 0 and r.clip_scale == s)
+                     for s in ("none", "residual"))
+    other = next(r for r in runs if r.noise_seed == 1 and r.clip_scale == "none")
+    assert describe(plain).endswith("fedctx public (eps=8, noise seed 0)")
+    assert [participant_noise_seed(plain, i) for i in range(3)] == \
+        [participant_noise_seed(scaled, i) for i in range(3)]
+    seeds = {participant_noise_seed(spec, i) for spec in (plain, other) for i in range(3)}
+    assert len(seeds) == 6 and min(seeds) >= 0
+    assert participant_noise_seed(next(r for r in runs if math.isinf(r.epsilon)), 0) == -1
+    for bad in ((-1,), (0, 0), (True,)):
+        with pytest.raises(ConfigError, match="noise_seeds must be"):
+            dataclasses.replace(base, noise_seeds=bad)

@@ -387,3 +387,34 @@ def test_the_ledgers_sensitivity_line_names_each_clip_scale() -> None:
     assert "x its residual r_i <= 1" in _clip_text(CalibrationConfig(clip_scale="residual"), 1.0)
     capped = _clip_text(CalibrationConfig(clip_scale="residual_capped"), 2.0)
     assert capped.startswith("per-record gradient L2 2 ") and "min(1, r_i / r_uniform)" in capped
+
+
+def test_seeded_dp_noise_is_shared_by_calibrations_that_differ_in_the_clip_only(
+    tiny_llama_dir: Path, shared_data: Path,
+) -> None:
+    """With the same ``dp_noise_generator`` seed two calibrators draw the same DP-SGD noise:
+    the difference of their one-step SGD updates is the difference of their clipped sums
+    whatever the noise multiplier (common random numbers). Another seed draws other
+    noise, and without a generator every run draws fresh noise."""
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+
+    def update(clip_scale: str, sigma: float, noise_seed: int | None) -> torch.Tensor:
+        config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=1.0, batch_size=4,
+                                   steps_per_round=1, calibration_noise=0.0,
+                                   clip_scale=clip_scale)
+        generator = None if noise_seed is None else torch.Generator().manual_seed(noise_seed)
+        calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                     noise_multiplier=sigma, seed=0,
+                                     dp_noise_generator=generator)
+        return calibrator.run_round(calibrator.coefficients.detach().clone())
+
+    noisy = update("none", 5.0, 7) - update("residual", 5.0, 7)
+    quiet = update("none", 1e-9, 7) - update("residual", 1e-9, 7)
+    assert float(update("none", 5.0, 7).abs().max()) > 0.5  # the noise dominates a step
+    assert torch.allclose(noisy, quiet, atol=1e-5)
+    assert torch.equal(update("none", 5.0, 7), update("none", 5.0, 7))
+    assert not torch.allclose(update("none", 5.0, 7), update("none", 5.0, 8), atol=0.1)
+    assert not torch.allclose(update("none", 5.0, None), update("none", 5.0, None), atol=0.1)

@@ -49,3 +49,25 @@ def test_the_calibration_clip_is_read_from_the_calibration_table_only(tmp_path: 
     misplaced.write_text(base + "[participant.privacy]\nmax_grad_norm = 3.0\n")
     with pytest.raises(ConfigError, match=r"\[participant.calibration\] max_grad_norm"):
         ParticipantConfig.from_toml(misplaced)
+
+
+def test_insecure_noise_seed_gives_reproducible_separate_streams_or_none() -> None:
+    """Unset (-1), DP noise comes from torch's OS-seeded generator (``None``); set, each
+    stream (vector release, calibration) has its own generator, the same for the same
+    seed; a bool, a float or a seed below -1 is refused."""
+    import torch
+
+    from participant.config import PrivacySettings
+
+    assert PrivacySettings().noise_generator("vector") is None
+    seeded = PrivacySettings(insecure_noise_seed=3)
+    draw = lambda settings, stream: torch.randn(  # noqa: E731
+        4, generator=settings.noise_generator(stream))
+    assert torch.equal(draw(seeded, "vector"), draw(PrivacySettings(insecure_noise_seed=3),
+                                                    "vector"))
+    assert not torch.equal(draw(seeded, "vector"), draw(seeded, "calibration"))
+    assert not torch.equal(draw(seeded, "vector"),
+                           draw(PrivacySettings(insecure_noise_seed=4), "vector"))
+    for bad in (-2, True, 1.5):
+        with pytest.raises(ConfigError, match="insecure_noise_seed"):
+            PrivacySettings(insecure_noise_seed=bad)  # type: ignore[arg-type]
