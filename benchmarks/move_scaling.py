@@ -35,7 +35,7 @@ def main() -> None:
     import torch
 
     from coefficient_displacement import calibrated_state
-    from fedctx.experiment import ExperimentConfig, Harness, RunSpec
+    from fedctx.experiment import ExperimentConfig, Harness, RunSpec, describe
     from participant.evaluation import label_scores, score
     from participant.hooks import default_coefficients
 
@@ -82,13 +82,12 @@ def main() -> None:
             loss = torch.nn.functional.cross_entropy(logits, labels).item()
             readings.append(f"{100 * scores.accuracy:.1f} / {loss:.3f}")
         eps = "no DP" if math.isinf(row["epsilon"]) else f"{row['epsilon']:g}"
-        table.append([row["task"], row["seed"], eps, row["vector_source"],
-                      row.get("calibration_optimizer", "local_adamw"),
+        table.append([row["task"], row["seed"], eps, describe(spec).split(": ", 1)[1],
                       f"{100 * row['accuracy']:.1f}", f"{move.norm().item():.3f}", *readings])
         print(f"  scored {row['task']} {eps} {row['vector_source']}", flush=True)
-    table.sort(key=lambda r: (r[0], r[1], r[4], r[3], r[2]))
-    print_table(["task", "seed", "epsilon", "vector", "optimizer", "accuracy", "|d|",
-                 *[f"k={k:g}: acc / CE" for k in args.scales]], table, left=5)
+    table.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+    print_table(["task", "seed", "epsilon", "cell", "accuracy", "|d|",
+                 *[f"k={k:g}: acc / CE" for k in args.scales]], table, left=4)
     print_footer()
 
 
