@@ -202,6 +202,33 @@ def quiet_transformers() -> None:
         hf_logging.set_verbosity_error()
 
 
+
+def validation_config(path: Path, *, allow_test_split: bool) -> Any:
+    """The ``ExperimentConfig`` at ``path``, refused (``SystemExit``) when it scores the test
+    split and ``allow_test_split`` is off: analyses that choose settings read validation
+    queries only."""
+    from fedctx.experiment import ExperimentConfig
+
+    config = ExperimentConfig.from_toml(path)
+    if config.evaluation_split != "validation" and not allow_test_split:
+        raise SystemExit(f"{path} scores the {config.evaluation_split} split; "
+                         "pass --allow-test-split to read it anyway")
+    return config
+
+
+def injected_reading(lm: Any, sites: Any, task: Any, texts: Sequence[str], labels: Any, *,
+                     vector: Any, coefficients: Any) -> str:
+    """``"accuracy % / label-word cross-entropy"`` of ``texts`` (labels ``[Q]``) with
+    ``vector`` (``[2, L, d]``) injected at ``coefficients`` (``[L, 4]``)."""
+    import torch
+
+    from participant.evaluation import label_scores, score
+
+    logits = label_scores(lm, sites, task, list(texts), vector=vector, coefficients=coefficients)
+    scores = score(logits.argmax(-1).tolist(), labels.tolist(), num_classes=len(task.labels))
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    return f"{100 * scores.accuracy:.1f} / {loss:.3f}"
+
 # --------------------------------------------------------------------------- memory
 
 

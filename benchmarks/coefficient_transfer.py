@@ -26,16 +26,22 @@ import json
 import math
 from pathlib import Path
 
-from _common import print_footer, print_header, print_table, quiet_transformers
+from _common import (
+    injected_reading,
+    print_footer,
+    print_header,
+    print_table,
+    quiet_transformers,
+    validation_config,
+)
 
 
 def main() -> None:
     import torch
 
     from coefficient_displacement import calibrated_state
-    from fedctx.experiment import ExperimentConfig, Harness, RunSpec
+    from fedctx.experiment import Harness, RunSpec
     from participant.context_vectors import public_reference
-    from participant.evaluation import label_scores, score
     from participant.hooks import default_coefficients
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,10 +58,7 @@ def main() -> None:
     quiet_transformers()
     print_header("Calibrated coefficients carried to other tasks", quick=False)
 
-    config = ExperimentConfig.from_toml(args.config)
-    if config.evaluation_split != "validation" and not args.allow_test_split:
-        raise SystemExit(f"{args.config} scores the {config.evaluation_split} split; "
-                         "pass --allow-test-split to read it anyway")
+    config = validation_config(args.config, allow_test_split=args.allow_test_split)
     calibrated: dict[str, torch.Tensor] = {}
     for line in (args.sources / "results.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -94,12 +97,8 @@ def main() -> None:
                 if injected is not vector and not with_zero:
                     readings.append("")
                     continue
-                logits = label_scores(lm, sites, task, texts, vector=injected,
-                                      coefficients=coefficients)
-                scores = score(logits.argmax(-1).tolist(), labels.tolist(),
-                               num_classes=len(task.labels))
-                loss = torch.nn.functional.cross_entropy(logits, labels).item()
-                readings.append(f"{100 * scores.accuracy:.1f} / {loss:.3f}")
+                readings.append(injected_reading(lm, sites, task, texts, labels,
+                                                 vector=injected, coefficients=coefficients))
             table.append([target, len(queries), name, *readings])
             print(f"  scored {target}: {name}", flush=True)
     print_table(["target", "queries", "coefficients", "public vector: acc / CE",

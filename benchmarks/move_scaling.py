@@ -28,15 +28,21 @@ import json
 import math
 from pathlib import Path
 
-from _common import print_footer, print_header, print_table, quiet_transformers
+from _common import (
+    injected_reading,
+    print_footer,
+    print_header,
+    print_table,
+    quiet_transformers,
+    validation_config,
+)
 
 
 def main() -> None:
     import torch
 
     from coefficient_displacement import calibrated_state
-    from fedctx.experiment import ExperimentConfig, Harness, RunSpec, describe
-    from participant.evaluation import label_scores, score
+    from fedctx.experiment import Harness, RunSpec, describe
     from participant.hooks import default_coefficients
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -51,10 +57,7 @@ def main() -> None:
     quiet_transformers()
     print_header("Calibrated coefficients: the move rescaled", quick=False)
 
-    config = ExperimentConfig.from_toml(args.config)
-    if config.evaluation_split != "validation" and not args.allow_test_split:
-        raise SystemExit(f"{args.config} scores the {config.evaluation_split} split; "
-                         "pass --allow-test-split to read it anyway")
+    config = validation_config(args.config, allow_test_split=args.allow_test_split)
     harness = Harness(config, args.out)
     lm, sites = harness.model()
     spec_fields = RunSpec.__dataclass_fields__
@@ -75,12 +78,9 @@ def main() -> None:
         move = state["coefficients"] - start
         readings = []
         for scale in args.scales:
-            logits = label_scores(lm, sites, task, [e.text for e in queries],
-                                  vector=state["vector"], coefficients=start + scale * move)
-            scores = score(logits.argmax(-1).tolist(), labels.tolist(),
-                           num_classes=len(task.labels))
-            loss = torch.nn.functional.cross_entropy(logits, labels).item()
-            readings.append(f"{100 * scores.accuracy:.1f} / {loss:.3f}")
+            readings.append(injected_reading(lm, sites, task, [e.text for e in queries], labels,
+                                             vector=state["vector"],
+                                             coefficients=start + scale * move))
         eps = "no DP" if math.isinf(row["epsilon"]) else f"{row['epsilon']:g}"
         table.append([row["task"], row["seed"], eps, describe(spec).split(": ", 1)[1],
                       f"{100 * row['accuracy']:.1f}", f"{move.norm().item():.3f}", *readings])
