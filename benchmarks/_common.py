@@ -3,6 +3,9 @@
 * :func:`print_header` / :func:`print_footer`: the exact command, the machine (CPU count,
   torch threads, load average), versions and the git commit, so a table can be reproduced;
 * :func:`print_table`: aligned plain-text tables;
+* :func:`validation_config` / :func:`injected_reading`: for analyses of finished experiment
+  cells (refuse test-split configs; accuracy and label-word cross-entropy with a vector
+  injected);
 * :func:`rss_kib` / :func:`reset_peak_rss`: process memory from ``/proc/self/status``;
 * :class:`LoopbackFederation`: a throwaway PKI, a real in-process ``CoordinatorServer`` on
   ``127.0.0.1:0`` with mutual TLS, one ``CoordinatorClient`` per participant and the real key
@@ -202,7 +205,6 @@ def quiet_transformers() -> None:
         hf_logging.set_verbosity_error()
 
 
-
 def validation_config(path: Path, *, allow_test_split: bool) -> Any:
     """The ``ExperimentConfig`` at ``path``, refused (``SystemExit``) when it scores the test
     split and ``allow_test_split`` is off: analyses that choose settings read validation
@@ -228,6 +230,7 @@ def injected_reading(lm: Any, sites: Any, task: Any, texts: Sequence[str], label
     scores = score(logits.argmax(-1).tolist(), labels.tolist(), num_classes=len(task.labels))
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     return f"{100 * scores.accuracy:.1f} / {loss:.3f}"
+
 
 # --------------------------------------------------------------------------- memory
 
