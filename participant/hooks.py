@@ -30,6 +30,8 @@ _KIND_NAMES: Final[tuple[str, str]] = ("attn", "mlp")
 _COEFFICIENT_COLUMNS: Final[int] = 4  # (lambda_attn, beta_attn, lambda_mlp, beta_mlp)
 
 _Hook = Callable[[torch.nn.Module, tuple[Any, ...], Any], Any]
+_Rows = list[list[torch.Tensor]]
+"""Per-site constants ``[kind][layer]``: views that a hook takes by list index, not a dispatch."""
 
 
 def _primary(output: Any, *, site: str) -> torch.Tensor:
@@ -321,13 +323,13 @@ def inject_context(
     # Inference (nothing needs a gradient through the coefficients, no noise, one shared
     # row): lambda * vector and beta are built once per activation dtype / device and per
     # version of ``coefficients`` (torch bumps ``_version`` on every in-place update), so a
-    # hook adds two kernels and no host-to-device copy per layer; on a GPU the per-call copy
-    # of CPU coefficients stalled every hook (docs/benchmarks.md).
-    frozen: dict[tuple[torch.dtype, torch.device, int, bool],
-                 tuple[torch.Tensor, torch.Tensor]] = {}
+    # hook runs one fused kernel, no indexing op and no host-to-device copy; on a GPU the
+    # per-call copy of CPU coefficients stalled every hook (docs/benchmarks.md).
+    frozen: dict[tuple[torch.dtype, torch.device, int, bool], tuple[_Rows, _Rows]] = {}
 
-    def frozen_for(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(lambda * vector [2, L, d], beta [2, L])`` on ``like``'s device, or ``None``."""
+    def frozen_for(like: torch.Tensor) -> tuple[_Rows, _Rows] | None:
+        """``lambda * vector`` rows ``[d]`` and ``beta`` scalars per ``[kind][layer]`` on
+        ``like``'s device and dtype, or ``None`` where the differentiable path must run."""
         if per_example or noise_scale > 0 or (
                 torch.is_grad_enabled() and coefficients.requires_grad):
             return None
@@ -339,8 +341,10 @@ def inject_context(
             for stale in [k for k in frozen if k[2] != key[2]]:
                 del frozen[stale]
             table = coefficients.detach().to(device=like.device, dtype=like.dtype)
-            lam, beta = table[:, 0::2].T, table[:, 1::2].T
-            cached = frozen[key] = (lam.unsqueeze(-1) * vector_for(like), beta.contiguous())
+            lam, beta = table[:, 0::2].T, table[:, 1::2].T  # [2, L] each
+            shifted = lam.unsqueeze(-1) * vector_for(like)  # [2, L, d]
+            cached = frozen[key] = ([list(rows.unbind(0)) for rows in shifted.unbind(0)],
+                                    [list(rows.unbind(0)) for rows in beta.unbind(0)])
         return cached
 
     def make_hook(kind: int, layer: int) -> _Hook:
@@ -357,7 +361,8 @@ def inject_context(
             constants = frozen_for(hidden)
             if constants is not None:
                 shifted, beta = constants
-                return _replace_primary(output, hidden * beta[kind, layer] + shifted[kind, layer])
+                return _replace_primary(
+                    output, torch.addcmul(shifted[kind][layer], hidden, beta[kind][layer]))
             # Sliced and cast on every call so that each forward builds its own graph.
             pair = coefficients[..., layer, column : column + 2]
             pair = pair.to(device=hidden.device, dtype=hidden.dtype)
@@ -370,7 +375,8 @@ def inject_context(
                 lam, beta = pair[:, 0].view(batch, 1, 1), pair[:, 1].view(batch, 1, 1)
             else:
                 lam, beta = pair[0], pair[1]
-            mixed = beta * hidden + lam * vector_for(hidden)[kind, layer]
+            # One fused kernel, the inference path's op too, so both give the same bits.
+            mixed = torch.addcmul(lam * vector_for(hidden)[kind, layer], hidden, beta)
             if noise_scale > 0:
                 noise_device = generator.device if generator is not None else hidden.device
                 noise = torch.randn(
