@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedctx-installed
 
-.PHONY: setup demo test test-all proto check-proto clean
+.PHONY: setup demo lint test test-all proto check-proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/fedctx demo
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
 test-all: setup

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import platform
 import shlex
@@ -139,7 +140,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *,
 
     def fmt(row: Sequence[str]) -> str:
         return "  ".join(
-            (c.ljust(w) if i < left else c.rjust(w)) for i, (c, w) in enumerate(zip(row, widths))
+            (c.ljust(w) if i < left else c.rjust(w)) for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
 
     if title:
@@ -153,7 +154,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *,
 
 def fmt_s(seconds: float) -> str:
     """Seconds with a unit that keeps 3 significant digits."""
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return "n/a"
     if seconds >= 1:
         return f"{seconds:.2f} s"
@@ -164,7 +165,7 @@ def fmt_s(seconds: float) -> str:
 
 def fmt_bytes(n: float) -> str:
     """Bytes with thousands separators."""
-    return f"{int(round(n)):,}"
+    return f"{round(n):,}"
 
 
 def median(values: Sequence[float]) -> float:
@@ -339,7 +340,6 @@ class LoopbackFederation:
         sealed per participant, so PublishKeys grows by ~300 bytes per participant.
         ``allow_in_process_publish`` is kept for compatibility and no longer needed.
         """
-        import grpc
 
         from privacy import ckks, keyshare
         from proto.fedctx.v1 import fedctx_pb2 as pb

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import time
 
 import numpy as np
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         all_rows += rows
         a, b, r2 = fit_line(fit_n, fit_t)
         fits.append([f"{size:,}", f"{contribution_bytes:,}", fmt_s(encrypt_s), fmt_s(a),
-                     f"{b * 1e3:.1f}", f"{r2:.4f}" if r2 == r2 else "n/a",
+                     f"{b * 1e3:.1f}", f"{r2:.4f}" if not math.isnan(r2) else "n/a",
                      f"{fit_t[-1] / fit_n[-1] / (fit_t[0] / fit_n[0]):.2f}"])
         checks.append(check)
     print_table(

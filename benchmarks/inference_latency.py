@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             start = time.perf_counter()
             preds = fn(texts, b)
             times[(name, b)].append(time.perf_counter() - start)
-            accuracy[(name, b)] = sum(p == y for p, y in zip(preds, labels)) / len(labels)
+            accuracy[(name, b)] = sum(p == y for p, y in zip(preds, labels, strict=True)) / len(labels)
     for key, values in times.items():
         per_query[key] = median(values) / len(texts)
 

@@ -31,6 +31,7 @@ import argparse
 import threading
 import time
 
+import grpc
 import numpy as np
 
 from _common import (
@@ -102,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
                 receipts[pid] = clients[pid].submit(header, blobs[pid],
                                                     chunk_bytes=federation.chunk_bytes)
             except Exception as exc:  # noqa: BLE001 - reported below
-                errors[pid] = f"{type(exc).__name__}: {getattr(exc, 'code', lambda: '')()} " \
-                              f"{getattr(exc, 'details', lambda: exc)()}"
+                code = exc.code() if isinstance(exc, grpc.RpcError) else ""
+                details = exc.details() if isinstance(exc, grpc.RpcError) else exc
+                errors[pid] = f"{type(exc).__name__}: {code} {details}"
             finally:
                 latency[pid] = time.perf_counter() - begin
 

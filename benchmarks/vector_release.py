@@ -22,8 +22,12 @@ import statistics
 
 import torch
 
-from participant.context_vectors import last_token_activations, public_reference
-from participant.context_vectors import aggregate_noise_variance, private_deviation_mean
+from participant.context_vectors import (
+    aggregate_noise_variance,
+    last_token_activations,
+    private_deviation_mean,
+    public_reference,
+)
 from participant.data import balanced_sample, load_split
 from participant.layers import resolve_layer_sites
 from participant.model import load_model

@@ -502,7 +502,7 @@ class Aggregator:
             raise InvalidContributionError("task payload truncated or corrupted (digest)")
         try:
             json.loads(entry.metadata_json or "{}")
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             raise InvalidContributionError("metadata_json is not JSON") from None
         header = Header(self.config.federation_id, entry.task_id, entry.model_fingerprint,
                         entry.layer_map_fingerprint, entry.ckks_context_fingerprint, length,

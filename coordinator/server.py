@@ -7,10 +7,9 @@ import threading
 from concurrent import futures
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from google.protobuf.message import DecodeError
 
 from proto.fedctx.v1 import fedctx_pb2 as pb
 

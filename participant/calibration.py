@@ -28,7 +28,6 @@ from .layers import LayerSites
 from .model import LoadedModel, last_token_logits
 from .tasks import TaskSpec
 
-
 #: ``CalibrationConfig.update_weighting`` values.
 UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``CalibrationConfig.optimizer`` values.

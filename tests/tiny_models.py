@@ -7,9 +7,9 @@ from typing import Any, Final
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.models.gemma import GemmaConfig
 from transformers.models.gemma2 import Gemma2Config
 from transformers.models.gemma3 import Gemma3Config, Gemma3TextConfig
-from transformers.models.gemma import GemmaConfig
 from transformers.models.gpt2 import GPT2Config
 from transformers.models.gpt_neox import GPTNeoXConfig
 from transformers.models.llama import LlamaConfig

@@ -5,8 +5,6 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from ceremony import (
     PLAN,
     announce_keys,
@@ -15,6 +13,8 @@ from ceremony import (
     key_ceremony,
     publish_request,
 )
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from participant.client import CoordinatorClient, TlsFiles
 from privacy import ckks, keyshare, payload
 from proto.fedctx.v1 import fedctx_pb2 as pb

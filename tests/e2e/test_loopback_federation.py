@@ -85,7 +85,7 @@ def test_two_participants_private_federation(
     public = ckks.load_public_context(server.store.get_blob(server.store.get_meta("public_context_blob")))
     from privacy import payload
 
-    with pytest.raises(Exception):
+    with pytest.raises(ckks.CryptoError, match="secret context"):
         ckks.decrypt_vector(public, payload.unframe(agg.payload), length=agg.vector_length)
 
     # The ledgers hold every release, committed.

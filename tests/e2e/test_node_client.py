@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ceremony import contribution_header, key_ceremony
+
 from privacy import ckks, payload
 from proto.fedctx.v1 import fedctx_pb2 as pb
 

@@ -10,9 +10,10 @@ import torch
 
 def test_predictions_are_the_argmax_of_the_label_scores(tiny_llama_dir: Path,
                                                         shared_data: Path) -> None:
+    from tiny_checkpoint import load_tiny_sst2
+
     from participant.evaluation import label_scores, predict
     from participant.hooks import default_coefficients
-    from tiny_checkpoint import load_tiny_sst2
 
     lm, sites, task, records = load_tiny_sst2(tiny_llama_dir, shared_data, n=5)
     texts = [r.text for r in records]

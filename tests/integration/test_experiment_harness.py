@@ -126,9 +126,8 @@ def test_a_failing_participant_fails_the_cell_fast_with_its_own_error(
     import threading
     import time
 
-    from participant.calibration import LocalCalibrator
-
     from fedctx.experiment import ExperimentConfig, Harness
+    from participant.calibration import LocalCalibrator
 
     real_run_round, lock, calls = LocalCalibrator.run_round, threading.Lock(), []
 

@@ -103,7 +103,7 @@ def test_non_private_trainer_updates_only_the_adapter(
                if n in frozen)
     trainer.load_flat_adapter(start)
     assert (trainer.flat_adapter() == start).all()
-    task, records = _records(shared_data, 8)
+    _, records = _records(shared_data, 8)
     assert 0.0 <= trainer.evaluate(records).accuracy <= 1.0
 
 

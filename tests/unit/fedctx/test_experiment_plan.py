@@ -82,11 +82,10 @@ def test_tasks_flag_runs_a_subset_with_the_same_run_keys(tmp_path, capsys) -> No
 def test_a_fedctx_only_axis_adds_cells_and_keeps_old_keys(
     axis: str, field: str, values: str, label: str,
 ) -> None:
-    import participant.calibration
-    from privacy.errors import ConfigError
-
     import fedctx.experiment
+    import participant.calibration
     from fedctx.experiment import describe
+    from privacy.errors import ConfigError
 
     allowed = getattr(participant.calibration, values)
     assert getattr(fedctx.experiment, values) == allowed  # restated to keep --plan torch-free

@@ -54,7 +54,7 @@ def test_aggregate_noise_variance_matches_simulated_releases(weighting: str) -> 
         aggregate = sum(releases) / len(counts)
         moment = sum(1 / n_k**2 for n_k in counts) / len(counts) ** 2
     else:
-        aggregate = sum(n_k * r for n_k, r in zip(counts, releases)) / sum(counts)
+        aggregate = sum(n_k * r for n_k, r in zip(counts, releases, strict=True)) / sum(counts)
         moment = len(counts) / sum(counts) ** 2
     expected = aggregate_noise_variance(noise_multiplier=sigma, clip_norm=clip,
                                         block_scales=reference.block_scales,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privacy.errors import CiphertextError
-from privacy.payload import MAGIC, _MAX_BLOBS, frame, sha256, unframe
+from privacy.payload import _MAX_BLOBS, MAGIC, frame, sha256, unframe
 
 SETTINGS = settings(max_examples=50, deadline=None)
 
