@@ -6,14 +6,16 @@ On a GPU at batch 1 the default model (SmolLM2-135M) is bound by launching kerne
 injected query costs over zero-shot is the host work of its 2L hooks (docs/benchmarks.md,
 ``inference_latency.py`` on an H200). This script measures that work without a GPU: a random
 Llama with the default model's depth (30 layers) and a tiny width (64), so that the forward
-pass is Python dispatch and kernel launches, as on the GPU. Three conditions on the same
+pass is Python dispatch and kernel launches, as on the GPU. Four conditions on the same
 sites and prompt (batch 1, 26 tokens, the last token's logits only, ``inference_mode``):
 
 * zero-shot: no hooks;
 * no-op hooks: a forward hook returning ``None`` on each of the 2L sites, the floor of any
   hook-based injection (PyTorch's hook dispatch alone);
 * fedctx: ``participant.hooks.inject_context`` with a ``[2, L, d]`` vector and ``[L, 4]``
-  coefficients (its inference path: constants built once, one fused kernel per site).
+  coefficients (its inference path: constants built once, one fused kernel per site);
+* folded: ``participant.folding.fold_context`` on a copy of the model, the same vector and
+  coefficients merged into the output projections (no hook; what ``fedctx infer`` runs).
 
 The conditions alternate in blocks of ``--block-size`` forward passes (so load drift hits
 all alike); reported: the median forward time, its ratio to zero-shot, and the extra time
@@ -24,6 +26,7 @@ is not a GPU measurement (``--device cuda`` makes it one, synchronising after ea
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -32,6 +35,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from _common import median, print_footer, print_header, print_table, set_torch_threads
+from participant.folding import fold_context
 from participant.hooks import default_coefficients, inject_context
 from participant.layers import LayerSites, resolve_layer_sites
 
@@ -47,7 +51,7 @@ def noop_hooks(sites: LayerSites) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, time the three conditions, print the table."""
+    """Parse arguments, time the four conditions, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 blocks instead of 80")
     parser.add_argument("--layers", type=int, default=30, help="decoder layers (SmolLM2-135M: 30)")
@@ -74,25 +78,29 @@ def main(argv: list[str] | None = None) -> int:
     ids = torch.randint(0, config.vocab_size, (1, args.tokens), device=args.device)
     cuda = torch.device(args.device).type == "cuda"
 
-    def forward() -> float:
+    folded = copy.deepcopy(model)
+    fold_context(folded, resolve_layer_sites(folded), vector=vector, coefficients=coefficients)
+
+    def forward(network: torch.nn.Module) -> float:
         with torch.inference_mode():
             start = time.perf_counter()
-            model(input_ids=ids, logits_to_keep=1)
+            network(input_ids=ids, logits_to_keep=1)
             if cuda:
                 torch.cuda.synchronize()
             return time.perf_counter() - start
 
-    conditions: dict[str, Callable[[], AbstractContextManager[None]]] = {
-        "zero-shot": nullcontext,
-        "no-op hooks (floor)": lambda: noop_hooks(sites),
-        "fedctx inject_context": lambda: inject_context(model, sites, vector=vector,
-                                                        coefficients=coefficients),
+    conditions: dict[str, tuple[torch.nn.Module, Callable[[], AbstractContextManager[None]]]] = {
+        "zero-shot": (model, nullcontext),
+        "no-op hooks (floor)": (model, lambda: noop_hooks(sites)),
+        "fedctx inject_context": (model, lambda: inject_context(
+            model, sites, vector=vector, coefficients=coefficients)),
+        "fedctx folded (no hooks)": (folded, nullcontext),
     }
     times: dict[str, list[float]] = {name: [] for name in conditions}
     for block in range(blocks + 1):  # block 0 warms every condition up, untimed
-        for name, condition in conditions.items():
+        for name, (network, condition) in conditions.items():
             with condition():
-                passes = [forward() for _ in range(args.block_size)]
+                passes = [forward(network) for _ in range(args.block_size)]
             if block:
                 times[name] += passes
 

@@ -130,6 +130,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
     from participant.evaluation import predict
+    from participant.folding import fold_context, foldable_model_types
     from participant.layers import layer_map_fingerprint, resolve_layer_sites
     from participant.model import load_model
     from participant.tasks import load_task
@@ -141,8 +142,16 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if saved["model_fingerprint"] != lm.fingerprint or saved["layer_map"] != layer_map_fingerprint(sites):
         raise FedCtxError("the calibrated task was made for another model or layer map")
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
-    labels = predict(lm, sites, task, texts, vector=saved["vector"],
-                     coefficients=saved["coefficients"])
+    vector, coefficients = saved["vector"], saved["coefficients"]
+    if args.injection == "fold" or (
+            args.injection == "auto" and sites.model_type in foldable_model_types()):
+        # checked against the hooks on a probe before it is kept (participant/folding.py)
+        fold_context(lm.model, sites, vector=vector, coefficients=coefficients)
+        print("injection: folded into the output projections", file=sys.stderr)
+        labels = predict(lm, sites, task, texts)
+    else:
+        print("injection: forward hooks", file=sys.stderr)
+        labels = predict(lm, sites, task, texts, vector=vector, coefficients=coefficients)
     for text, label in zip(texts, labels, strict=True):
         print(f"{task.labels[label]}\t{text}")
     return 0
@@ -241,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--task", default="")
+    p.add_argument("--injection", choices=("auto", "fold", "hooks"), default="auto",
+                   help="fold: merge the vector and coefficients into the attention / MLP output "
+                        "projections once (no hook per layer; checked against the hooks); "
+                        "hooks: forward hooks, as in calibration; auto (default): fold where the "
+                        "architecture allows it, else hooks")
     p.add_argument("text", nargs="*", help="texts (or one per line on stdin)")
     p.set_defaults(func=_cmd_infer)
 

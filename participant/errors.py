@@ -7,6 +7,7 @@ Tree::
     ├── UnsupportedArchitectureError (LookupError)   no layer map for the model_type
     ├── LayerMapError (ValueError)                    a layer map does not fit the model
     ├── HookError (RuntimeError)                      a hook saw an unexpected forward pass
+    ├── FoldError (ValueError)                        an injection cannot be folded into weights
     ├── ModelLoadError (RuntimeError)                 local model weights cannot be loaded
     ├── TaskError (ValueError)                        invalid task spec or task data
     └── ProtocolError (RuntimeError)                  the coordinator broke the protocol
@@ -31,6 +32,11 @@ class LayerMapError(ParticipantError, ValueError):
 
 class HookError(ParticipantError, RuntimeError):
     """A hooked output has the wrong shape, or a site did not fire exactly once per capture."""
+
+
+class FoldError(ParticipantError, ValueError):
+    """An injection cannot be folded into the model's weights (architecture, mode, shapes), or
+    the folded model failed its check against the hooks (the weights are then restored)."""
 
 
 class ModelLoadError(ParticipantError, RuntimeError):

@@ -42,6 +42,40 @@ def test_infer_and_privacy_report(tmp_path: Path, tiny_llama_dir: Path, capsys) 
     assert "another model" in capsys.readouterr().err
 
 
+def test_infer_folded_and_hooked_give_the_same_labels(  # type: ignore[no-untyped-def]
+        tmp_path: Path, tiny_llama_dir: Path, capsys) -> None:
+    from fedctx.cli import main
+    from participant.evaluation import label_scores
+    from participant.layers import layer_map_fingerprint, resolve_layer_sites
+    from participant.model import load_model
+    from participant.tasks import load_task
+
+    lm = load_model(str(tiny_llama_dir))
+    sites = resolve_layer_sites(lm.model)
+    generator = torch.Generator().manual_seed(3)
+    vector = torch.randn(2, sites.num_layers, sites.hidden_size, generator=generator)
+    coefficients = torch.rand(sites.num_layers, 4, generator=generator) + 0.5
+    calibrated = tmp_path / "task.pt"
+    torch.save({"vector": vector, "coefficients": coefficients, "task": "sst2",
+                "model_fingerprint": lm.fingerprint, "layer_map": layer_map_fingerprint(sites)},
+               calibrated)
+    texts = ["a good film", "a bad film", "the plot", "it was fine", "dull", "great acting"]
+    task = load_task("sst2")
+    plain = label_scores(lm, sites, task, texts)
+    injected = label_scores(lm, sites, task, texts, vector=vector, coefficients=coefficients)
+    assert not torch.allclose(plain, injected, atol=1e-3)
+    outputs = {}
+    for injection in ("hooks", "fold", "auto"):
+        assert main(["infer", "--calibrated", str(calibrated), "--model", str(tiny_llama_dir),
+                     "--injection", injection, *texts]) == 0
+        captured = capsys.readouterr()
+        outputs[injection] = captured.out
+        assert ("folded" if injection != "hooks" else "hooks") in captured.err
+    expected = "".join(f"{task.labels[i]}\t{t}\n"
+                       for i, t in zip(injected.argmax(-1).tolist(), texts, strict=True))
+    assert outputs == {"hooks": expected, "fold": expected, "auto": expected}
+
+
 def test_config_errors_are_clear(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from fedctx.cli import main
 
