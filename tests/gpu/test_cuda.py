@@ -101,3 +101,21 @@ def test_experiment_cell_on_cuda_runs_a_real_federation(
     assert not (tmp_path / "out" / "failures.jsonl").exists()
     federated = next(r for r in rows if r["method"] == "fedctx")
     assert federated["device"] == "cuda" and 0 < federated["epsilon_spent"] <= 4.0 + 1e-6
+
+
+def test_folded_injection_on_cuda_matches_the_hooks(tiny_llama_dir: Path,
+                                                    shared_data: Path) -> None:
+    # float32 only: in bfloat16 both paths round differently (docs/benchmarks.md measures
+    # each against float32 on the real model); the CPU unit tests bound that case.
+    from participant.evaluation import label_scores
+    from participant.folding import fold_context
+
+    lm, sites, task, records = _setup(tiny_llama_dir, shared_data, device="cuda")
+    generator = torch.Generator().manual_seed(0)
+    vector = torch.randn(2, sites.num_layers, sites.hidden_size, generator=generator)
+    coefficients = torch.rand(sites.num_layers, 4, generator=generator) + 0.5
+    texts = [r.text for r in records]
+    hooked = label_scores(lm, sites, task, texts, vector=vector, coefficients=coefficients)
+    fold_context(lm.model, sites, vector=vector, coefficients=coefficients)
+    folded = label_scores(lm, sites, task, texts)
+    assert float((folded - hooked).norm() / hooked.norm()) < 1e-4
