@@ -1,8 +1,8 @@
 """How closely a folded injection reproduces the hooks, in float32 and bfloat16.
 
-Run: ``.venv/bin/python benchmarks/fold_accuracy.py [--quick]``.
+Run: ``.venv/bin/python benchmarks/fold_accuracy.py [--quick] [--device cuda]``.
 
-``fedctx infer`` folds the context vector and coefficients into the output projections
+``fedctx infer`` (on a CPU, by default) folds the context vector and coefficients into the output projections
 (``participant.folding.fold_context``) instead of hooking every layer. In exact arithmetic
 both compute the same function; in floating point the hooks round ``beta * out +
 lambda * v`` after the projection while the fold rounds ``beta * W`` and ``beta * b +
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="16 queries instead of 200")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda...)")
     parser.add_argument("--data-dir", default=str(SHARED_DATA / "sst2"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     scores: dict[tuple[str, str], torch.Tensor] = {}
     vector = coefficients = None
     for dtype in ("float32", "bfloat16"):
-        lm = load_model(args.model, dtype=dtype)
+        lm = load_model(args.model, dtype=dtype, device=args.device)
         sites = resolve_layer_sites(lm.model)
         if vector is None:  # built once, in float32, and shared by both dtypes
             vector = public_reference(lm, sites, task).vector

@@ -15,7 +15,7 @@ sites and prompt (batch 1, 26 tokens, the last token's logits only, ``inference_
 * fedctx: ``participant.hooks.inject_context`` with a ``[2, L, d]`` vector and ``[L, 4]``
   coefficients (its inference path: constants built once, one fused kernel per site);
 * folded: ``participant.folding.fold_context`` on a copy of the model, the same vector and
-  coefficients merged into the output projections (no hook; what ``fedctx infer`` runs).
+  coefficients merged into the output projections (no hook; what ``fedctx infer`` runs on a CPU).
 
 The conditions alternate in blocks of ``--block-size`` forward passes (so load drift hits
 all alike); reported: the median forward time, its ratio to zero-shot, and the extra time

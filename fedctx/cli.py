@@ -130,7 +130,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
     from participant.evaluation import predict
-    from participant.folding import fold_context, foldable_model_types
+    from participant.folding import fold_by_default, fold_context
     from participant.layers import layer_map_fingerprint, resolve_layer_sites
     from participant.model import load_model
     from participant.tasks import load_task
@@ -144,7 +144,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
     vector, coefficients = saved["vector"], saved["coefficients"]
     if args.injection == "fold" or (
-            args.injection == "auto" and sites.model_type in foldable_model_types()):
+            args.injection == "auto" and fold_by_default(sites.model_type, lm.device)):
         # checked against the hooks on a probe before it is kept (participant/folding.py)
         fold_context(lm.model, sites, vector=vector, coefficients=coefficients)
         print("injection: folded into the output projections", file=sys.stderr)
@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fold: merge the vector and coefficients into the attention / MLP output "
                         "projections once (no hook per layer; checked against the hooks); "
                         "hooks: forward hooks, as in calibration; auto (default): fold where the "
-                        "architecture allows it, else hooks")
+                        "architecture allows it, except on CUDA (measured slower there at "
+                        "batch 1), else hooks")
     p.add_argument("text", nargs="*", help="texts (or one per line on stdin)")
     p.set_defaults(func=_cmd_infer)
 

@@ -4,12 +4,15 @@
 ``beta * out + lambda * v``. Where ``out`` is an affine map's output ``x W^T + b`` (followed
 only by dropout, the identity in eval mode), the same function is
 ``x (beta W)^T + (beta b + lambda v)``: :func:`fold_context` rewrites those projections once,
-so that a plain forward pass computes the injected model with no hook and no extra kernel
-(the bias rides in the projection's matmul). It is meant for a GPU at batch 1, where a
-small model is bound by the host's kernel launches and the hooks' host work showed
-(docs/benchmarks.md; on a host-bound CPU proxy the fold costs 1.02x zero-shot against the
-hooks' 1.08x). Calibration keeps the hooks: it needs gradients with respect to the
-coefficients and per-example rows.
+so that a plain forward pass computes the injected model with no hook (the bias rides in
+the projection's matmul). It was built for a GPU at batch 1, where a small model is bound
+by the host's kernel launches and the hooks' host work showed. Measured
+(docs/benchmarks.md): on a host-bound proxy the fold costs 1.02x zero-shot against the
+hooks' 1.08x on a CPU and 1.06x against 1.11x on an H100; on the default model on a CPU
+it matches the hooks; on the default model on an H100 one run read 1.48x at batch 1
+against the hooks' 1.14x (1.22x and 1.20x at batch 16), not explained yet. Hence
+:func:`fold_by_default`. Calibration keeps the hooks: it needs gradients with respect to
+the coefficients and per-example rows.
 
 The fold is checked before it is kept: one probe forward with the hooks and one with the
 folded weights must agree (relative L2 error of the logits within a dtype-dependent
@@ -29,7 +32,7 @@ from participant.errors import FoldError
 from participant.hooks import ATTN, MLP, inject_context
 from participant.layers import LayerSites
 
-__all__ = ["FOLDABLE_PROJECTIONS", "fold_context", "foldable_model_types"]
+__all__ = ["FOLDABLE_PROJECTIONS", "fold_by_default", "fold_context", "foldable_model_types"]
 
 _PRE_NORM: Final[tuple[str, str]] = ("self_attn.o_proj", "mlp.down_proj")
 
@@ -65,6 +68,13 @@ _PROBE_TOKENS: Final[int] = 8
 def foldable_model_types() -> tuple[str, ...]:
     """The ``config.model_type`` values :func:`fold_context` supports, sorted."""
     return tuple(sorted(FOLDABLE_PROJECTIONS))
+
+
+def fold_by_default(model_type: str, device: torch.device | str) -> bool:
+    """Whether ``fedctx infer --injection auto`` folds: where the architecture allows it,
+    except on CUDA, where the one measurement on the default model (an H100, batch 1) had
+    the hooks faster (docs/benchmarks.md); ``--injection fold`` still folds there."""
+    return model_type in FOLDABLE_PROJECTIONS and torch.device(device).type != "cuda"
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ import torch
 
 from participant import folding
 from participant.errors import FoldError
-from participant.folding import fold_context, foldable_model_types
+from participant.folding import fold_by_default, fold_context, foldable_model_types
 from participant.hooks import default_coefficients, inject_context
 from participant.layers import LayerSites, resolve_layer_sites
 from tests.tiny_models import TINY_ARCHS, VOCAB_SIZE, build_tiny_model
@@ -43,6 +43,13 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_the_registered_and_the_tiny_architectures_agree() -> None:
     # every foldable model type has a tiny model here, so the next test covers it
     assert {arch.removesuffix("_sequential") for arch in FOLDABLE} == set(foldable_model_types())
+
+
+def test_auto_folds_foldable_architectures_except_on_cuda() -> None:
+    # `fedctx infer --injection auto`: the hooks were measured faster on an H100 at batch 1
+    assert fold_by_default("llama", "cpu") and fold_by_default("gpt2", torch.device("mps"))
+    assert not fold_by_default("llama", "cuda") and not fold_by_default("llama", "cuda:1")
+    assert not fold_by_default("gemma3_text", "cpu")  # post-norm: never foldable
 
 
 @pytest.mark.parametrize("arch", FOLDABLE)
