@@ -104,7 +104,8 @@ def print_header(title: str, *, quick: bool, torch_threads: bool = True,
     print(f"software: python {platform.python_version()}, "
           + _versions(["torch", "transformers", "tenseal", "grpcio", "opacus", "numpy"]))
     print(f"git     : {_git()}   date: {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"mode    : {'QUICK (small sizes: checks the script, figures not representative)' if quick else 'full'}")
+    mode = "QUICK (small sizes: checks the script, figures not representative)" if quick else "full"
+    print(f"mode    : {mode}")
     for line in extra:
         print(line)
     print()
@@ -140,7 +141,8 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *,
 
     def fmt(row: Sequence[str]) -> str:
         return "  ".join(
-            (c.ljust(w) if i < left else c.rjust(w)) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            (c.ljust(w) if i < left else c.rjust(w))
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
 
     if title:

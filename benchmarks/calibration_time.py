@@ -7,11 +7,11 @@ participant's local data), with the task's public reference as the injected vect
 steps_per_round x batch size, a calibrator in non-private mode (plain AdamW on the mean
 gradient, uniform batches) and in private mode (noise multiplier 1.0: Poisson sampling,
 per-record gradients clipped and noised by Opacus's ``DPOptimizer``) runs one warm-up round,
-then ``--rounds`` timed rounds (the two modes interleaved), each starting from the previous global coefficients as in
-``Participant.run``. Printed: median time per round and per step, the mean number of records
-actually drawn per step (Poisson in private mode) and the private / non-private ratio.
-Encryption and upload of the 4L update are not included (see privacy_overhead.py and
-communication.py: one ciphertext).
+then ``--rounds`` timed rounds (the two modes interleaved), each starting from the previous
+global coefficients as in ``Participant.run``. Printed: median time per round and per step,
+the mean number of records actually drawn per step (Poisson in private mode) and the
+private / non-private ratio. Encryption and upload of the 4L update are not included (see
+privacy_overhead.py and communication.py: one ciphertext).
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ private vector where the DP cells inject the public one; the two vectors differ,
 ``share`` of 1 is not expected from them even without noise (the third reference, where
 it exists, compares like with like).
 
-    .venv/bin/python benchmarks/coefficient_displacement.py runs/dp_batch_validation_b12 [more out folders]
+    .venv/bin/python benchmarks/coefficient_displacement.py runs/dp_batch_validation_b12
+        [more out folders]
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def offline_tables(rounds: int) -> dict[str, dict[str, int]]:
     sizes: dict[str, dict[str, int]] = {}
     rows = []
     for model, (layers, width) in SHAPES.items():
-        for what, n in (("context vector 2Ld", 2 * layers * width), ("coefficients 4L", 4 * layers)):
+        for what, n in (("context vector 2Ld", 2 * layers * width),
+                        ("coefficients 4L", 4 * layers)):
             s = payload_sizes(ctx, public_ctx, n, rng)
             s["n"] = n
             sizes[f"{model}|{what}"] = s
@@ -115,9 +116,9 @@ def offline_tables(rounds: int) -> dict[str, dict[str, int]]:
                 rows, left=2,
                 title="Table 2. fedctx (encrypted) vs published plaintext figures "
                       "(KB = 1,000 bytes; with KB = 1,024 the ratios are 2.3% lower)")
-    print("The published figures are plaintext (IFed-ICL sends unencrypted vectors); 514 KB is about "
-          "262,144 float16 values.\nA coefficient update (120-128 values) fills a single CKKS "
-          "ciphertext of 2,048 slots, hence its fixed ~33 kB.\n")
+    print("The published figures are plaintext (IFed-ICL sends unencrypted vectors); 514 KB is "
+          "about 262,144 float16 values.\nA coefficient update (120-128 values) fills a single "
+          "CKKS ciphertext of 2,048 slots, hence its fixed ~33 kB.\n")
 
     print_table(
         ["key material (one-time)", "bytes", "note"],

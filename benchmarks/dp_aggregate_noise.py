@@ -23,8 +23,8 @@ precision-weighted column, and precision weights on top like the inverse-varianc
 (docs/results.md §13: no measurable accuracy gain at epsilon 1, where the uniform column
 promised 2.8-4.2x less noise). The table says where the noise enters, not the accuracy it costs.
 
-    .venv/bin/python benchmarks/dp_aggregate_noise.py [--tasks sst2 subj trec agnews] [--seeds 0 1 2]
-        [--evaluation-split test|validation]
+    .venv/bin/python benchmarks/dp_aggregate_noise.py [--tasks sst2 subj trec agnews]
+        [--seeds 0 1 2] [--evaluation-split test|validation]
 """
 
 from __future__ import annotations

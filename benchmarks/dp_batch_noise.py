@@ -11,7 +11,8 @@ clipped mean does not depend on B (docs/results.md §6), so ``sigma / B`` is wha
 size buys; with two accountants, the second's sigma as a share of the first's. No model
 is loaded.
 
-    .venv/bin/python benchmarks/dp_batch_noise.py [--records 256] [--steps 20] [--accountants rdp prv]
+    .venv/bin/python benchmarks/dp_batch_noise.py [--records 256] [--steps 20]
+        [--accountants rdp prv]
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Run: ``.venv/bin/python benchmarks/fold_accuracy.py [--quick] [--device cuda]``.
 
-``fedctx infer`` (on a CPU, by default) folds the context vector and coefficients into the output projections
-(``participant.folding.fold_context``) instead of hooking every layer. In exact arithmetic
-both compute the same function; in floating point the hooks round ``beta * out +
+``fedctx infer`` (on a CPU, by default) folds the context vector and coefficients into the output
+projections (``participant.folding.fold_context``) instead of hooking every layer. In exact
+arithmetic both compute the same function; in floating point the hooks round ``beta * out +
 lambda * v`` after the projection while the fold rounds ``beta * W`` and ``beta * b +
 lambda * v`` in the weights. This script measures the difference on the default model:
 the label-word logits of class-balanced sst2 test queries, with the task's public reference

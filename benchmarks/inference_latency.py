@@ -9,7 +9,8 @@ Same sst2 test queries (class-balanced) for every method, on the default model:
   latency does not depend on its values) and ``[L, 4]`` coefficients, i.e.
   ``participant.hooks.inject_context`` hooks on every layer;
 * injected, folded: the same vector and coefficients merged into a copy of the model's output
-  projections by ``participant.folding.fold_context`` (no hooks; ``fedctx infer``'s default on a CPU);
+  projections by ``participant.folding.fold_context`` (no hooks; ``fedctx infer``'s default
+  on a CPU);
 * few-shot, KV cache: ``participant.evaluation.few_shot_predict`` with k demonstrations per
   class: the prefix is encoded once per call and its cache reused for every query (one query
   at a time: that function has no batch argument, so its batch-16 cell is n/a);
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     shots = [int(k) for k in args.shots.split(",")]
     print_header("fedctx inference latency per query", quick=args.quick, extra=[
-        f"settings: model {args.model} on {args.device}, task sst2 test ({args.data_dir}), {args.queries} "
-        f"class-balanced queries, batch sizes {batch_sizes}, few-shot k per class {shots}, "
+        f"settings: model {args.model} on {args.device}, task sst2 test ({args.data_dir}), "
+        f"{args.queries} class-balanced queries, batch sizes {batch_sizes}, "
+        f"few-shot k per class {shots}, "
         f"warm-up + median of {args.repeats}"])
     start_all = time.perf_counter()
     lm = load_model(args.model, device=args.device)
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             start = time.perf_counter()
             preds = fn(texts, b)
             times[(name, b)].append(time.perf_counter() - start)
-            accuracy[(name, b)] = sum(p == y for p, y in zip(preds, labels, strict=True)) / len(labels)
+            accuracy[(name, b)] = (sum(p == y for p, y in zip(preds, labels, strict=True))
+                                   / len(labels))
     for key, values in times.items():
         per_query[key] = median(values) / len(texts)
 

@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     quiet_transformers()
     sizes = sorted(int(p) for p in args.participants.split(","))
     print_header("fedctx privacy overhead of a vector round", quick=args.quick, extra=[
-        f"settings: model {args.model} on {args.device}, task sst2 ({args.data_dir}), {args.demos} demonstrations "
-        f"per participant, batch {args.batch_size}, noise multiplier {args.noise_multiplier}, "
+        f"settings: model {args.model} on {args.device}, task sst2 ({args.data_dir}), "
+        f"{args.demos} demonstrations per participant, batch {args.batch_size}, "
+        f"noise multiplier {args.noise_multiplier}, "
         f"participants {sizes}, {args.repeats} round(s) each (median)"])
     start_all = time.perf_counter()
 
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
         *[[f"key ceremony: {r[0]}", *r[1:]] for r in ceremony_rows],
     ], title="Table 3. Once per task / per federation (not in the ratio)")
     print(f"forward = {args.demos} demonstrations in batches of {args.batch_size}, median of "
-          f"{len(forward_times)} ({', '.join(fmt_s(x) for x in forward_times)}), after a warm-up batch.")
+          f"{len(forward_times)} ({', '.join(fmt_s(x) for x in forward_times)}), "
+          "after a warm-up batch.")
     print(f"\nfinished in {time.perf_counter() - start_all:.1f} s")
     print_footer()
     return 0

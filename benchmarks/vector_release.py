@@ -62,7 +62,8 @@ def main() -> None:
         train = load_split(task, "train", data_dir=f"{args.data_root}/{name}")
         demos = balanced_sample(train, per_class=args.demos_per_class,
                                 num_classes=len(task.labels), seed=0)
-        acts = last_token_activations(lm, sites, [task.demonstration(e.text, e.label) for e in demos])
+        acts = last_token_activations(lm, sites,
+                                      [task.demonstration(e.text, e.label) for e in demos])
         reference = public_reference(lm, sites, task)
         public_acts = last_token_activations(lm, sites, [
             task.demonstration(t, label) for t in task.public_texts

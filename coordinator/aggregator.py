@@ -278,7 +278,9 @@ class Aggregator:
                     db.execute("INSERT OR REPLACE INTO sealed_keys VALUES (?, ?)", (rid, digest))
             self._public_context = context
             self._slots = ckks.slot_count(context)
-        logger.info("[Aggregator.publish_keys] keyholder=%s recipients=%d", peer_id, len(sealed_keys))
+        logger.info(
+            "[Aggregator.publish_keys] keyholder=%s recipients=%d", peer_id, len(sealed_keys)
+        )
         return fingerprint
 
     def fetch_sealed_key(self, peer_id: str) -> tuple[str, str, str, bytes, bytes]:
@@ -354,7 +356,8 @@ class Aggregator:
         self.tick()
         with self._lock:
             existing = self.store.query(
-                "SELECT payload_sha256 FROM contributions WHERE round_id = ? AND participant_id = ?",
+                "SELECT payload_sha256 FROM contributions "
+                "WHERE round_id = ? AND participant_id = ?",
                 (header.round_id, peer_id),
             )
             round_row = self.store.get_round(header.round_id)
@@ -413,7 +416,9 @@ class Aggregator:
                 self._public_context, blobs, expected_length=header.vector_length
             )
         except CkksParameterMismatchError as exc:
-            raise InvalidContributionError(f"ciphertext from a foreign CKKS context: {exc}") from exc
+            raise InvalidContributionError(
+                f"ciphertext from a foreign CKKS context: {exc}"
+            ) from exc
         except CryptoError as exc:
             raise InvalidContributionError(f"invalid ciphertext payload: {exc}") from exc
         return blobs

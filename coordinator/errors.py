@@ -3,15 +3,15 @@
 Tree::
 
     privacy.errors.FedCtxError
-    └── CoordinatorError
-        ├── InvalidContributionError     malformed / wrong size / foreign context  -> INVALID_ARGUMENT
-        ├── BindingMismatchError         wrong federation, model, layer map, keys -> INVALID_ARGUMENT
-        ├── NotAllowedError              peer not in roster / not the keyholder   -> PERMISSION_DENIED
-        ├── RoundClosedError             round closed or failed                   -> FAILED_PRECONDITION
-        ├── NotReadyError                keys or aggregate not available yet      -> FAILED_PRECONDITION
-        ├── ConflictError                a different upload already accepted      -> ALREADY_EXISTS
-        ├── PayloadTooLargeError         over the configured size limit           -> RESOURCE_EXHAUSTED
-        └── NotFoundError                unknown round                             -> NOT_FOUND
+    └─ CoordinatorError
+       ├─ InvalidContributionError  malformed / wrong size / foreign context -> INVALID_ARGUMENT
+       ├─ BindingMismatchError      wrong federation, model, layer map, keys -> INVALID_ARGUMENT
+       ├─ NotAllowedError           peer not in roster / not the keyholder   -> PERMISSION_DENIED
+       ├─ RoundClosedError          round closed or failed                   -> FAILED_PRECONDITION
+       ├─ NotReadyError             keys or aggregate not available yet      -> FAILED_PRECONDITION
+       ├─ ConflictError             a different upload already accepted      -> ALREADY_EXISTS
+       ├─ PayloadTooLargeError      over the configured size limit           -> RESOURCE_EXHAUSTED
+       └─ NotFoundError             unknown round                            -> NOT_FOUND
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.tasks:  # a subset, e.g. one task per process on a GPU; run keys are unchanged
         unknown = sorted(set(args.tasks) - set(config.tasks))
         if unknown:
-            raise FedCtxError(f"--tasks {unknown} not in {args.config}'s tasks {list(config.tasks)}")
+            raise FedCtxError(f"--tasks {unknown} not in {args.config}'s tasks "
+                              f"{list(config.tasks)}")
         config = dataclasses.replace(config, tasks=tuple(args.tasks))
     out = Path(args.out or f"runs/{config.name}")
     if args.plan:
@@ -139,7 +140,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     task = load_task(args.task or saved["task"])
     lm = load_model(args.model, device=args.device)
     sites = resolve_layer_sites(lm.model)
-    if saved["model_fingerprint"] != lm.fingerprint or saved["layer_map"] != layer_map_fingerprint(sites):
+    if (saved["model_fingerprint"] != lm.fingerprint
+            or saved["layer_map"] != layer_map_fingerprint(sites)):
         raise FedCtxError("the calibrated task was made for another model or layer map")
     texts = args.text or [line.strip() for line in sys.stdin if line.strip()]
     vector, coefficients = saved["vector"], saved["coefficients"]

@@ -140,7 +140,8 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
             print(f"  participant {pid} pid {processes[pid].pid}", file=out)
         source = resolve_vector_source(options.vector_source, model=options.model,
                                        private=not math.isinf(options.target_epsilon))
-        rounds = "vector round -> " if source == "private" else f"{source} vector, no vector round -> "
+        rounds = ("vector round -> " if source == "private"
+                  else f"{source} vector, no vector round -> ")
         print(f"  running: keys -> {rounds}calibration rounds -> evaluation ...", file=out)
         start = time.monotonic()
         for pid, process in processes.items():

@@ -150,9 +150,11 @@ class ExperimentConfig:
         if not self.clip_scales or not set(self.clip_scales) <= set(CLIP_SCALES):
             raise ConfigError(f"clip_scales must be a non-empty list of {CLIP_SCALES}, "
                               f"got {list(self.clip_scales)}")
-        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
-                   for k in self.noise_seeds) or len(set(self.noise_seeds)) != len(self.noise_seeds):
-            raise ConfigError(f"noise_seeds must be distinct ints >= 0, got {list(self.noise_seeds)}")
+        if (not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0
+                    for k in self.noise_seeds)
+                or len(set(self.noise_seeds)) != len(self.noise_seeds)):
+            raise ConfigError("noise_seeds must be distinct ints >= 0, "
+                              f"got {list(self.noise_seeds)}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant must be {' or '.join(map(repr, ACCOUNTANTS))}, "
                               f"got {self.accountant!r}")

@@ -128,9 +128,9 @@ class CalibrationConfig:
             gradients carry more DP noise counts less (on a Dirichlet split a participant
             with few records samples at rate 1 and its accountant needs sigma up to 18 at
             epsilon 1: one such participant held over half of the uniform mean's noise
-            variance on five of six sst2/subj splits, ``benchmarks/dp_aggregate_noise.py``). The weight rides in one
-            extra encrypted slot: the coordinator sees ciphertexts only, participants the
-            sum of the weights.
+            variance on five of six sst2/subj splits, ``benchmarks/dp_aggregate_noise.py``).
+            The weight rides in one extra encrypted slot: the coordinator sees ciphertexts
+            only, participants the sum of the weights.
         optimizer: where Adam's per-coordinate normalisation happens. ``local_adamw``
             (default, I2CL and the paper): every participant runs AdamW on its own (noisy)
             gradients and the round's mean update is added to the global coefficients.
@@ -444,7 +444,9 @@ class LocalCalibrator:
         if self.private:  # Poisson sampling, as the accountant assumes
             mask = torch.rand(n, generator=self.generator) < self.sample_rate
             return [int(i) for i in torch.nonzero(mask).flatten()]
-        return [int(i) for i in torch.randperm(n, generator=self.generator)[: self.config.batch_size]]
+        return [
+            int(i) for i in torch.randperm(n, generator=self.generator)[: self.config.batch_size]
+        ]
 
     def per_example_gradients(self, indices: list[int]) -> tuple[torch.Tensor, float]:
         """``([B, G, 4] per-record gradients, mean loss)`` at the current coefficients."""

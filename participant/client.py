@@ -163,7 +163,8 @@ class CoordinatorClient:
                 yield request_type(chunk=data[offset : offset + chunk_bytes])
 
         stub_method = getattr(self.stub, method)
-        response = self._call(method, lambda: stub_method(messages(), timeout=self.stream_timeout_s))
+        response = self._call(method,
+                              lambda: stub_method(messages(), timeout=self.stream_timeout_s))
         self.bytes_sent += len(data) + header.ByteSize()
         return response
 

@@ -63,7 +63,8 @@ def predict(
                         batch_size=batch_size, progress=progress).argmax(dim=-1).tolist()
 
 
-def score(predictions: list[int], labels: list[int], *, num_classes: int, seconds: float = 0.0) -> Scores:
+def score(predictions: list[int], labels: list[int], *, num_classes: int,
+          seconds: float = 0.0) -> Scores:
     """Accuracy and macro-F1 (F1 averaged over classes, absent classes counting 0)."""
     if len(predictions) != len(labels) or not labels:
         raise ValueError("predictions and labels must be non-empty and of equal length")

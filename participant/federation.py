@@ -135,7 +135,8 @@ def _poll(what: str, fn, *, timeout_s: float):  # type: ignore[no-untyped-def]
                 raise
         except _NotYet:
             if time.monotonic() > deadline:
-                raise ProtocolError(f"timed out after {timeout_s:.0f} s waiting for {what}") from None
+                raise ProtocolError(
+                    f"timed out after {timeout_s:.0f} s waiting for {what}") from None
         time.sleep(delay)
         delay = min(delay * 1.5, 2.0)
 
@@ -164,7 +165,8 @@ class Participant:
             self.lm = load_model(config.model, dtype=config.dtype, device=config.device)
         self.sites = resolve_layer_sites(self.lm.model)
         self.layer_fp = layer_map_fingerprint(self.sites)
-        self.records = _local_records(config, len(self.task.labels))[: config.max_calibration_records]
+        self.records = _local_records(config, len(self.task.labels))[
+            : config.max_calibration_records]
         self.client = CoordinatorClient(
             config.coordinator, TlsFiles(config.tls_cert, config.tls_key, config.tls_ca),
             server_name=config.server_name or None,

@@ -215,7 +215,9 @@ class LocalLoraTrainer:
         with torch.no_grad():
             for p in self.params:
                 n = p.numel()
-                p.copy_(flat[offset : offset + n].reshape(p.shape).to(device=p.device, dtype=p.dtype))
+                p.copy_(
+                    flat[offset : offset + n].reshape(p.shape).to(device=p.device, dtype=p.dtype)
+                )
                 offset += n
 
     # -- forward and per-record gradients ----------------------------------------------

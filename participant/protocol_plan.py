@@ -38,7 +38,8 @@ def check_plan(*, mine: str, federation: str) -> None:
     if not isinstance(theirs, dict):
         raise ProtocolError("the federation's protocol plan is not a JSON object")
     differences = [
-        f"{key}: {ours.get(key, '<unset>')!r} here, {theirs.get(key, '<unset>')!r} in the federation"
+        f"{key}: {ours.get(key, '<unset>')!r} here, "
+        f"{theirs.get(key, '<unset>')!r} in the federation"
         for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)
     ]
     raise ProtocolError("this participant's protocol plan differs from the one its keyholder "

@@ -117,12 +117,16 @@ def load_task(name_or_path: str) -> TaskSpec:
     try:
         table = tomllib.loads(text)["task"]
     except (tomllib.TOMLDecodeError, KeyError) as exc:
-        raise TaskError(f"task spec {name_or_path!r} is not a valid [task] TOML table: {exc}") from exc
+        raise TaskError(
+            f"task spec {name_or_path!r} is not a valid [task] TOML table: {exc}"
+        ) from exc
     data = dict(table.pop("data", {}))
     unknown_data = set(data) - set(DataSource.__dataclass_fields__)
     unknown = set(table) - set(TaskSpec.__dataclass_fields__)
     if unknown or unknown_data:
-        raise TaskError(f"task spec {name_or_path!r}: unknown keys {sorted(unknown | unknown_data)}")
+        raise TaskError(
+            f"task spec {name_or_path!r}: unknown keys {sorted(unknown | unknown_data)}"
+        )
     if "local_path" in data and path.is_file():
         local = Path(data["local_path"])
         data["local_path"] = str(local if local.is_absolute() else path.parent / local)

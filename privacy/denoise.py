@@ -20,7 +20,9 @@ import numpy as np
 from .errors import ConfigError
 
 
-def james_stein_blocks(values: np.ndarray, *, noise_variance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def james_stein_blocks(
+    values: np.ndarray, *, noise_variance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Shrink each row of ``values`` by its positive-part James-Stein factor.
 
     Args:

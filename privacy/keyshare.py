@@ -636,7 +636,9 @@ def decrypt_secret_context(
     fingerprint = _encode_fingerprint(public_context_fingerprint)
     nonce, ciphertext = data[4 : 4 + _NONCE_BYTES], data[4 + _NONCE_BYTES :]
     try:
-        return ChaCha20Poly1305(key).decrypt(nonce, ciphertext, _lp(_CONTEXT_AAD_TAG, fed, fingerprint))
+        return ChaCha20Poly1305(key).decrypt(
+            nonce, ciphertext, _lp(_CONTEXT_AAD_TAG, fed, fingerprint)
+        )
     except InvalidTag:
         raise KeyShareError(
             "encrypted secret context failed authentication (wrong key, federation or "

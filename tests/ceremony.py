@@ -23,7 +23,9 @@ def client_for(pki: Any, pid: str, port: int, **options: Any) -> CoordinatorClie
 PLAN = '{"protocol":"test"}'
 
 
-def announce_keys(pki: Any, port: int, roster: tuple[str, ...]) -> tuple[dict[str, CoordinatorClient], dict[str, bytes]]:
+def announce_keys(
+    pki: Any, port: int, roster: tuple[str, ...]
+) -> tuple[dict[str, CoordinatorClient], dict[str, bytes]]:
     """Every member announces a signed X25519 key; ``(clients, x25519 private keys)``."""
     clients = {pid: client_for(pki, pid, port) for pid in roster}
     private_keys = {}
@@ -39,7 +41,9 @@ def announce_keys(pki: Any, port: int, roster: tuple[str, ...]) -> tuple[dict[st
     return clients, private_keys
 
 
-def publish_request(pki: Any, holder: CoordinatorClient, holder_id: str) -> tuple[pb.PublishKeysRequest, Any]:
+def publish_request(
+    pki: Any, holder: CoordinatorClient, holder_id: str
+) -> tuple[pb.PublishKeysRequest, Any]:
     """The keyholder's valid ``PublishKeysRequest`` (plan ``PLAN``) and its secret context."""
     context = ckks.create_secret_context(ckks.CkksParams())
     public = ckks.serialize_public_context(context)
@@ -61,7 +65,9 @@ def publish_request(pki: Any, holder: CoordinatorClient, holder_id: str) -> tupl
         protocol_plan=PLAN), context
 
 
-def key_ceremony(pki: Any, port: int, roster: tuple[str, ...]) -> tuple[dict[str, CoordinatorClient], Any, pb.GetFederationResponse, dict[str, bytes]]:
+def key_ceremony(
+    pki: Any, port: int, roster: tuple[str, ...]
+) -> tuple[dict[str, CoordinatorClient], Any, pb.GetFederationResponse, dict[str, bytes]]:
     """Announce every member's key; ``roster[0]`` seals the secret context and publishes.
 
     Returns ``(clients, secret context, federation, x25519 private keys)``.

@@ -57,31 +57,35 @@ def test_bad_contributions_are_rejected_and_the_round_goes_on(coordinator_factor
 
     # Wrong length: header promises 3000 values, ciphertexts carry 2500.
     short = ckks.encrypt_vector(context, values["org2"][:2500])
-    assert _code(lambda: org2.submit(contribution_header(federation, length), short, chunk_bytes=chunk)) \
+    assert _code(lambda: org2.submit(contribution_header(federation, length), short,
+                                     chunk_bytes=chunk)) \
         == grpc.StatusCode.INVALID_ARGUMENT
     # Foreign CKKS context, honestly labelled: header fingerprint mismatch.
     foreign = ckks.create_secret_context(ckks.CkksParams())
     foreign_fp = ckks.context_fingerprint(ckks.serialize_public_context(foreign))
     blobs = ckks.encrypt_vector(foreign, values["org2"])
-    assert _code(lambda: org2.submit(contribution_header(federation, length, ckks_context_fingerprint=foreign_fp),
+    assert _code(lambda: org2.submit(contribution_header(federation, length,
+                                                         ckks_context_fingerprint=foreign_fp),
                                      blobs, chunk_bytes=chunk)) == grpc.StatusCode.INVALID_ARGUMENT
     # Foreign parameter set, mislabelled with the federation's fingerprint.
     other = ckks.create_secret_context(ckks.CkksParams(poly_modulus_degree=8192,
                                                        coeff_mod_bit_sizes=(60, 40, 60),
                                                        global_scale_bits=40))
     other_blobs = ckks.encrypt_vector(other, values["org2"][:2048])
-    assert _code(lambda: org2.submit(contribution_header(federation, 2048), other_blobs, chunk_bytes=chunk)) \
+    assert _code(lambda: org2.submit(contribution_header(federation, 2048), other_blobs,
+                                     chunk_bytes=chunk)) \
         == grpc.StatusCode.INVALID_ARGUMENT
     # Garbage bytes shaped like ciphertexts.
-    assert _code(lambda: org2.submit(contribution_header(federation, length), [b"\x00" * 100, b"x" * 50],
+    assert _code(lambda: org2.submit(contribution_header(federation, length),
+                                     [b"\x00" * 100, b"x" * 50],
                                      chunk_bytes=chunk)) == grpc.StatusCode.INVALID_ARGUMENT
     # Wrong bindings.
     good = ckks.encrypt_vector(context, values["org2"])
     for change in ({"federation_id": "other"}, {"model_fingerprint": "0" * 64},
                    {"layer_map_fingerprint": "0" * 64}, {"kind": "nonsense"},
                    {"round_id": "bad round id!"}):
-        assert _code(lambda c=change: org2.submit(contribution_header(federation, length, **c), good,
-                                                  chunk_bytes=chunk)) \
+        assert _code(lambda c=change: org2.submit(contribution_header(federation, length, **c),
+                                                  good, chunk_bytes=chunk)) \
             == grpc.StatusCode.INVALID_ARGUMENT, change
     # Oversized (declared) payload.
     big = contribution_header(federation, length, payload_bytes=10**9, num_ciphertexts=2,
@@ -109,7 +113,8 @@ def test_bad_contributions_are_rejected_and_the_round_goes_on(coordinator_factor
     again = org2.submit(contribution_header(federation, length), replay_blobs, chunk_bytes=chunk)
     assert (again.duplicate, again.contributions) == (True, 2)
     changed = ckks.encrypt_vector(context, values["org2"] + 1)
-    assert _code(lambda: org2.submit(contribution_header(federation, length), changed, chunk_bytes=chunk)) \
+    assert _code(lambda: org2.submit(contribution_header(federation, length), changed,
+                                     chunk_bytes=chunk)) \
         == grpc.StatusCode.ALREADY_EXISTS
     last = clients["org3"].submit(contribution_header(federation, length),
                                   ckks.encrypt_vector(context, values["org3"]), chunk_bytes=chunk)
@@ -130,7 +135,8 @@ def test_bad_contributions_are_rejected_and_the_round_goes_on(coordinator_factor
         health_pb2.HealthCheckResponse.SERVING
 
 
-def test_malformed_protocol_plans_are_refused_then_a_valid_one_is_served(coordinator_factory, pki) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_protocol_plans_are_refused_then_a_valid_one_is_served(  # type: ignore[no-untyped-def]
+        coordinator_factory, pki) -> None:
     server = coordinator_factory(roster=ROSTER)
     clients, _ = announce_keys(pki, server.port, ROSTER)
     request, _ = publish_request(pki, clients["org1"], "org1")
@@ -169,7 +175,8 @@ def test_restart_mid_round_keeps_accepted_contributions(coordinator_factory, pki
     server = coordinator_factory(roster=ROSTER, state_dir=state)
     clients, context, federation = _setup_keys(pki, server.port)
     values = {pid: np.full(100, float(i + 1)) for i, pid in enumerate(ROSTER)}
-    clients["org1"].submit(contribution_header(federation, 100), ckks.encrypt_vector(context, values["org1"]),
+    clients["org1"].submit(contribution_header(federation, 100),
+                           ckks.encrypt_vector(context, values["org1"]),
                            chunk_bytes=federation.chunk_bytes)
     server.stop(grace_s=0)
 
@@ -178,7 +185,8 @@ def test_restart_mid_round_keeps_accepted_contributions(coordinator_factory, pki
     status = clients["org2"].round("r1")
     assert (status.state, status.contributions) == (pb.ROUND_STATE_OPEN, 1)
     for pid in ("org2", "org3"):
-        clients[pid].submit(contribution_header(federation, 100), ckks.encrypt_vector(context, values[pid]),
+        clients[pid].submit(contribution_header(federation, 100),
+                            ckks.encrypt_vector(context, values[pid]),
                             chunk_bytes=federation.chunk_bytes)
     aggregate = clients["org1"].download_aggregate("r1")
     assert aggregate.contributions == 3
@@ -195,8 +203,9 @@ def test_seven_billion_parameter_sized_vectors_stream_in_chunks(coordinator_fact
     for pid in ROSTER:
         blobs = ckks.encrypt_vector(context, values[pid])
         assert len(payload.frame(blobs)) > 4 * 1024 * 1024
-        receipt = clients[pid].submit(contribution_header(federation, length, kind="context_vector"), blobs,
-                                      chunk_bytes=federation.chunk_bytes)
+        receipt = clients[pid].submit(contribution_header(federation, length,
+                                                          kind="context_vector"),
+                                      blobs, chunk_bytes=federation.chunk_bytes)
     assert receipt.state == pb.ROUND_STATE_CLOSED
     aggregate = clients["org1"].download_aggregate("r1")
     assert aggregate.payload_bytes > 8 * 1024 * 1024  # the sum streams back in chunks too

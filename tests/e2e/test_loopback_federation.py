@@ -67,7 +67,8 @@ def test_two_participants_private_federation(
     reports = _run_all(configs)
 
     for pid, report in reports.items():
-        assert [r["round"] for r in report.rounds] == ["vector", "calib-private-1", "calib-private-2"]
+        assert [r["round"] for r in report.rounds] == [
+            "vector", "calib-private-1", "calib-private-2"]
         assert all(r["contributions"] == 2 for r in report.rounds)
         assert 0 < report.epsilon_spent <= 4.0 + 1e-6, pid
         assert report.noise_multiplier > 0
@@ -82,7 +83,8 @@ def test_two_participants_private_federation(
 
     # The coordinator's stored context is public-only: it cannot decrypt its aggregates.
     agg = server.aggregator.aggregate("org1", "vector")
-    public = ckks.load_public_context(server.store.get_blob(server.store.get_meta("public_context_blob")))
+    public = ckks.load_public_context(
+        server.store.get_blob(server.store.get_meta("public_context_blob")))
     from privacy import payload
 
     with pytest.raises(ckks.CryptoError, match="secret context"):

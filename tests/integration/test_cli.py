@@ -25,7 +25,8 @@ def test_infer_and_privacy_report(tmp_path: Path, tiny_llama_dir: Path, capsys) 
     assert main(["infer", "--calibrated", str(calibrated), "--model", str(tiny_llama_dir),
                  "a good film", "a bad film"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive") for line in lines)
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive")
+                                   for line in lines)
 
     ledger = PrivacyLedger(tmp_path / "l.jsonl", budget_epsilon=8, delta=1e-5)
     ledger.reserve(release_id="f/vector", description="d", noise_multiplier=1.0, sample_rate=1.0,

@@ -12,7 +12,8 @@ import torch
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
-def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path, shared_data: Path) -> None:
+def test_grid_runs_resumes_and_reports(tmp_path: Path, tiny_llama_dir: Path,
+                                       shared_data: Path) -> None:
     from fedctx.experiment import ExperimentConfig, Harness, plan_runs
     from fedctx.report import markdown
 

@@ -28,7 +28,8 @@ def _participant(source: str, pki, tmp_path: Path, tiny_llama_dir: Path, shared_
     ))
 
 
-def test_public_vector_spends_no_budget_and_buys_less_noise(pki, tmp_path, tiny_llama_dir, shared_data) -> None:  # type: ignore[no-untyped-def]
+def test_public_vector_spends_no_budget_and_buys_less_noise(  # type: ignore[no-untyped-def]
+        pki, tmp_path, tiny_llama_dir, shared_data) -> None:
     private = _participant("private", pki, tmp_path, tiny_llama_dir, shared_data)
     public = _participant("public", pki, tmp_path, tiny_llama_dir, shared_data)
     assert [r.sample_rate for r in private.plan()] == [1.0, 8 / 64]
@@ -40,7 +41,8 @@ def test_public_vector_spends_no_budget_and_buys_less_noise(pki, tmp_path, tiny_
         assert epsilon_for_history(history, delta=1e-5) == pytest.approx(2.0, abs=0.02)
 
 
-def test_budget_spans_federations_on_the_same_records(pki, tmp_path, tiny_llama_dir, shared_data) -> None:  # type: ignore[no-untyped-def]
+def test_budget_spans_federations_on_the_same_records(  # type: ignore[no-untyped-def]
+        pki, tmp_path, tiny_llama_dir, shared_data) -> None:
     first = _participant("private", pki, tmp_path, tiny_llama_dir, shared_data, "fed-a")
     sigma = first.noise_multiplier()
     first.ledger.reserve(release_id="fed-a/vector", description="t", noise_multiplier=sigma,

@@ -41,15 +41,18 @@ def test_default_model_vectors_hooks_and_tasks(smollm2, shared_data) -> None:  #
     sites = resolve_layer_sites(smollm2.model)
     assert (sites.model_type, sites.num_layers, sites.hidden_size) == ("llama", 30, 576)
     for name in builtin_tasks():  # every shipped verbaliser is unambiguous for this tokenizer
-        assert len(set(load_task(name).label_token_ids(smollm2.tokenizer))) == len(load_task(name).labels)
+        assert (len(set(load_task(name).label_token_ids(smollm2.tokenizer)))
+                == len(load_task(name).labels))
 
     task = load_task("sst2")
     demos = balanced_sample(load_split(task, "train", data_dir=str(shared_data / "sst2")),
                             per_class=2, num_classes=2, seed=0)
-    acts = last_token_activations(smollm2, sites, [task.demonstration(e.text, e.label) for e in demos])
+    acts = last_token_activations(smollm2, sites,
+                                  [task.demonstration(e.text, e.label) for e in demos])
     assert acts.shape == (4, 2, 30, 576) and torch.isfinite(acts).all()
     # One demonstration alone equals its row in the padded batch (I2CL runs each alone).
-    alone = last_token_activations(smollm2, sites, [task.demonstration(demos[0].text, demos[0].label)])
+    alone = last_token_activations(smollm2, sites,
+                                   [task.demonstration(demos[0].text, demos[0].label)])
     torch.testing.assert_close(alone[0], acts[0], atol=2e-3, rtol=1e-3)
     reference = public_reference(smollm2, sites, task)
     assert reference.block_scales.shape == (60,) and bool((reference.block_scales > 0).all())

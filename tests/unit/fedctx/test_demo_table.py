@@ -19,7 +19,8 @@ def _report(source: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("source, label, demos", [
-    ("private", "federated vector, calibrated", "40"), ("public", "public vector, calibrated", "-")])
+    ("private", "federated vector, calibrated", "40"),
+    ("public", "public vector, calibrated", "-")])
 def test_table_names_the_vector_and_its_demonstrations(source: str, label: str, demos: str) -> None:
     out = io.StringIO()
     print_table({"org1": _report(source)}, elapsed_s=12.0, out=out)

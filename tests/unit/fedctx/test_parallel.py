@@ -26,7 +26,8 @@ def test_a_child_that_dies_without_a_row_is_recorded_with_its_status_and_log(
         sys.executable, "-c", f"print('loading'); print('killed: {key}'); raise SystemExit(3)"])
     assert rows == []
     failures = [json.loads(line) for line in harness.failures_file.read_text().splitlines()]
-    assert sorted(f["run_key"] for f in failures) == sorted(s.key() for s in plan_runs(harness.config))
+    assert (sorted(f["run_key"] for f in failures)
+            == sorted(s.key() for s in plan_runs(harness.config)))
     for failure in failures:
         assert f"process exited 3: killed: {failure['run_key']}" in failure["error"]
         assert (harness.out_dir / "logs" / f"{failure['run_key']}.log").exists()

@@ -181,7 +181,8 @@ def test_global_adam_steps_against_the_mean_update_and_ignores_its_scale() -> No
         expected = expected * (1 - lr * 1e-3) + lr * direction
         assert torch.allclose(got, expected, atol=1e-5)
     for other in (trajectories[0], trajectories[2]):
-        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(other, trajectories[1], strict=True))
+        assert all(torch.allclose(a, b, atol=1e-4)
+                   for a, b in zip(other, trajectories[1], strict=True))
 
 
 @pytest.mark.parametrize("noise_multiplier", [0.0, 1e-9])

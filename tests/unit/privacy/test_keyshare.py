@@ -431,17 +431,24 @@ def test_secret_context_is_encrypted_once_and_bound() -> None:
     """Publishing scales with recipients x 32 bytes: the context itself travels once."""
     fp = "ab" * 32
     data_key, blob = keyshare.encrypt_secret_context(b"secret-context" * 1000,
-                                                     federation_id="fed", public_context_fingerprint=fp)
+                                                     federation_id="fed",
+                                                     public_context_fingerprint=fp)
     assert len(data_key) == 32 and b"secret-context" not in blob
     assert keyshare.decrypt_secret_context(blob, data_key=data_key, federation_id="fed",
-                                           public_context_fingerprint=fp) == b"secret-context" * 1000
+                                           public_context_fingerprint=fp) \
+        == b"secret-context" * 1000
     tampered = blob[:-1] + bytes([blob[-1] ^ 1])
     for kwargs in (
-        {"blob": tampered, "data_key": data_key, "federation_id": "fed", "public_context_fingerprint": fp},
-        {"blob": blob, "data_key": bytes(32), "federation_id": "fed", "public_context_fingerprint": fp},
-        {"blob": blob, "data_key": data_key, "federation_id": "other", "public_context_fingerprint": fp},
-        {"blob": blob, "data_key": data_key, "federation_id": "fed", "public_context_fingerprint": "cd" * 32},
-        {"blob": b"junk", "data_key": data_key, "federation_id": "fed", "public_context_fingerprint": fp},
+        {"blob": tampered, "data_key": data_key, "federation_id": "fed",
+         "public_context_fingerprint": fp},
+        {"blob": blob, "data_key": bytes(32), "federation_id": "fed",
+         "public_context_fingerprint": fp},
+        {"blob": blob, "data_key": data_key, "federation_id": "other",
+         "public_context_fingerprint": fp},
+        {"blob": blob, "data_key": data_key, "federation_id": "fed",
+         "public_context_fingerprint": "cd" * 32},
+        {"blob": b"junk", "data_key": data_key, "federation_id": "fed",
+         "public_context_fingerprint": fp},
     ):
         with pytest.raises(KeyShareError):
             keyshare.decrypt_secret_context(**kwargs)
