@@ -3,14 +3,14 @@
 Tree::
 
     privacy.errors.FedCtxError
-    └── ParticipantError
-    ├── UnsupportedArchitectureError (LookupError)   no layer map for the model_type
-    ├── LayerMapError (ValueError)                    a layer map does not fit the model
-    ├── HookError (RuntimeError)                      a hook saw an unexpected forward pass
-    ├── FoldError (ValueError)                        an injection cannot be folded into weights
-    ├── ModelLoadError (RuntimeError)                 local model weights cannot be loaded
-    ├── TaskError (ValueError)                        invalid task spec or task data
-    └── ProtocolError (RuntimeError)                  the coordinator broke the protocol
+    └─ ParticipantError
+       ├─ UnsupportedArchitectureError (LookupError)   no layer map for the model_type
+       ├─ LayerMapError (ValueError)                   a layer map does not fit the model
+       ├─ HookError (RuntimeError)                     a hook saw an unexpected forward pass
+       ├─ FoldError (ValueError)                       an injection cannot be folded into weights
+       ├─ ModelLoadError (RuntimeError)                local model weights cannot be loaded
+       ├─ TaskError (ValueError)                       invalid task spec or task data
+       └─ ProtocolError (RuntimeError)                 the coordinator broke the protocol
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 Tree::
 
     FedCtxError
-    ├── ConfigError (ValueError)          invalid privacy / CKKS parameters
-    ├── PrivacyError
-    │   └── BudgetExhaustedError           a release would exceed the epsilon budget
-    └── CryptoError
-        ├── CkksParameterMismatchError     ciphertext/context from another CKKS setup
-        ├── CiphertextError                malformed or wrongly sized ciphertext
-        ├── PrecisionError                 CKKS error not far below the DP noise / overflow risk
-        └── KeyShareError                  sealed key bundle cannot be verified or opened
+    ├─ ConfigError (ValueError)         invalid privacy / CKKS parameters
+    ├─ PrivacyError
+    │  └─ BudgetExhaustedError          a release would exceed the epsilon budget
+    └─ CryptoError
+       ├─ CkksParameterMismatchError    ciphertext/context from another CKKS setup
+       ├─ CiphertextError               malformed or wrongly sized ciphertext
+       ├─ PrecisionError                CKKS error not far below the DP noise / overflow risk
+       └─ KeyShareError                 sealed key bundle cannot be verified or opened
 """
 
 from __future__ import annotations
