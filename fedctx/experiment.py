@@ -37,6 +37,9 @@ METHOD_LORA = "dp_fedavg_lora"
 UPDATE_WEIGHTINGS = ("uniform", "precision")
 #: ``participant.calibration.CALIBRATION_OPTIMIZERS``, restated for the same reason.
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
+#: ``local``: each participant's noise carries its whole budget (fedctx's threat model).
+#: ``central_simulated``: an analysis arm, see ``ExperimentConfig.noise_models``.
+NOISE_MODELS = ("local", "central_simulated")
 #: ``participant.calibration.CLIP_SCALES``, restated for the same reason.
 CLIP_SCALES = ("none", "residual", "residual_capped")
 #: ``privacy.accounting.ACCOUNTANTS``, restated so that reading a config does not import
@@ -58,6 +61,7 @@ _NOT_SETTINGS = frozenset({
     "vector_sources", "controls_at_epsilon", "control_sources", "seeds", "baselines",
     "vector_clip_modes", "vector_denoise_modes", "coefficient_groups", "update_weightings",
     "calibration_optimizers", "max_grad_norms", "clip_quantiles", "clip_scales", "noise_seeds",
+    "noise_models",
 })
 
 
@@ -113,6 +117,20 @@ class ExperimentConfig:
     #: setting then share their noise draws, so their difference carries less of the
     #: draw-to-draw spread, and the noise seeds measure that spread.
     noise_seeds: tuple[int, ...] = ()
+    #: Where the DP noise is sized (an axis for fedctx cells under DP). ``local``
+    #: (default, the only deployable one): every participant's releases carry noise for
+    #: the whole budget on their own, since the participants share the CKKS key and may
+    #: collude. ``central_simulated`` (analysis only): every participant adds
+    #: ``1 / sqrt(participants)`` of that noise, so that the *secure sum* carries the
+    #: budget's noise, as a trusted aggregator (central DP) or non-colluding participants
+    #: (distributed DP) would allow; it measures what the threat model's local noise
+    #: costs. Each participant is given the larger budget that yields this share
+    #: (``privacy.accounting.epsilon_of_central_noise``) and its ledger records it: the
+    #: row's ``epsilon`` is the central target, ``epsilon_spent`` the participant's own.
+    #: Needs ``global_adam`` with ``steps_per_round = 1``, where a round releases a
+    #: linear function of the noisy gradient (the sum is then one Gaussian mechanism);
+    #: local AdamW steps are not summable so, and such cells are not planned.
+    noise_models: tuple[str, ...] = ("local",)
     #: The adaptive clip's geometric step (``CalibrationConfig.clip_learning_rate``).
     clip_learning_rate: float = 0.5
     test_per_class: int = 25
@@ -166,6 +184,14 @@ class ExperimentConfig:
         if unknown or not self.calibration_optimizers:
             raise ConfigError(f"calibration_optimizers must be a non-empty list of "
                               f"{CALIBRATION_OPTIMIZERS}, got {list(self.calibration_optimizers)}")
+        if not self.noise_models or not set(self.noise_models) <= set(NOISE_MODELS):
+            raise ConfigError(f"noise_models must be a non-empty list of {NOISE_MODELS}, "
+                              f"got {list(self.noise_models)}")
+        if "central_simulated" in self.noise_models and (
+                self.steps_per_round != 1 or "global_adam" not in self.calibration_optimizers):
+            raise ConfigError("noise_models 'central_simulated' needs calibration_optimizers "
+                              "with 'global_adam' and steps_per_round = 1 (a round must "
+                              "release a linear function of the noisy gradient)")
 
     def settings(self) -> dict[str, object]:
         """What shapes a cell's result without being in its run key: every field but the
@@ -213,6 +239,7 @@ class RunSpec:
     clip_scale: str = "none"
     #: -1: noise from the OS-seeded generator; k >= 0: seeded (``ExperimentConfig.noise_seeds``)
     noise_seed: int = -1
+    noise_model: str = "local"
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
@@ -221,7 +248,8 @@ class RunSpec:
                               ("coefficient_groups", 0), ("update_weighting", "uniform"),
                               ("calibration_optimizer", "local_adamw"),
                               ("max_grad_norm", 1.0), ("clip_quantile", 0.0),
-                              ("clip_scale", "none"), ("noise_seed", -1)):
+                              ("clip_scale", "none"), ("noise_seed", -1),
+                              ("noise_model", "local")):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -253,12 +281,15 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
                 if not (quantile and scale != "none")]  # not combined (CalibrationConfig)
             noise_seeds = (config.noise_seeds or (-1,)) if dp else (-1,)
             for (mode, denoise), groups, weighting, optimizer, (clip, quantile, scale), \
-                    noise_seed in itertools.product(
+                    noise_seed, noise_model in itertools.product(
                         modes, config.coefficient_groups, config.update_weightings,
-                        config.calibration_optimizers, clips, noise_seeds):
+                        config.calibration_optimizers, clips, noise_seeds,
+                        config.noise_models if dp else ("local",)):
+                if noise_model == "central_simulated" and optimizer != "global_adam":
+                    continue  # not a sum of Gaussian mechanisms (ExperimentConfig)
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
                                     denoise, groups, weighting, optimizer, clip, quantile,
-                                    scale, noise_seed))
+                                    scale, noise_seed, noise_model))
         for source, groups, weighting, optimizer in itertools.product(
                 config.control_sources, config.coefficient_groups, config.update_weightings,
                 config.calibration_optimizers):
@@ -354,6 +385,8 @@ def describe(spec: RunSpec) -> str:
             extras.append(f"{spec.clip_scale.replace('_', '-')}-scaled clip")
         if spec.noise_seed >= 0:
             extras.append(f"noise seed {spec.noise_seed}")
+        if spec.noise_model != "local":
+            extras.append("central noise, simulated")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"
@@ -715,6 +748,19 @@ class Harness:
             "client_seconds": first.seconds,  # type: ignore[attr-defined]
         }
 
+    def _central_noise_share(self, spec: RunSpec, index: int, config):  # type: ignore[no-untyped-def]
+        """``config`` with the budget whose noise is participant ``index``'s share of the
+        central noise for ``spec.epsilon`` (``ExperimentConfig.noise_models``)."""
+        from participant.federation import planned_releases
+        from privacy.accounting import epsilon_of_central_noise
+
+        records = len(self.splits(spec)[1][index])
+        local = epsilon_of_central_noise(
+            target_epsilon=spec.epsilon, target_delta=self.config.delta,
+            plan=planned_releases(config, records=records), participants=spec.participants,
+            accountant=self.config.accountant)
+        return replace(config, privacy=replace(config.privacy, target_epsilon=local))
+
     def _federated(self, spec: RunSpec) -> dict[str, object]:
         from participant.config import ParticipantConfig, PrivacySettings
         from participant.federation import Participant
@@ -724,7 +770,7 @@ class Harness:
         slot = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
 
         def run(index: int, **base: object) -> object:
-            participant = Participant(ParticipantConfig(
+            config = ParticipantConfig(
                 **base, vector_source=spec.vector_source,  # type: ignore[arg-type]
                 demonstrations_per_class=self.config.demonstrations_per_class,
                 privacy=PrivacySettings(target_epsilon=spec.epsilon, delta=self.config.delta,
@@ -733,7 +779,10 @@ class Harness:
                                         vector_denoise=spec.vector_denoise,
                                         insecure_noise_seed=participant_noise_seed(spec, index)),
                 calibration=self._calibration(spec),
-            ), compute_slot=slot)
+            )
+            if spec.noise_model == "central_simulated":
+                config = self._central_noise_share(spec, index, config)
+            participant = Participant(config, compute_slot=slot)
             try:
                 return participant.run()
             finally:

@@ -179,7 +179,9 @@ def _series(row: dict[str, object]) -> str | None:
             _groups(row).replace(" (", ", ").rstrip(")"),
             ", precision-weighted" if row.get("update_weighting") == "precision" else "",
             ", global Adam" if row.get("calibration_optimizer") == "global_adam" else "",
-            _clip(row), _noise_seed(row)))
+            _clip(row), _noise_seed(row),
+            ", central noise (simulated)" if row.get("noise_model") == "central_simulated"
+            else ""))
         return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"

@@ -99,6 +99,20 @@ def asdict_task(task: TaskSpec) -> dict[str, object]:
     return {"name": task.name, "template": task.template, "labels": list(task.labels)}
 
 
+def planned_releases(config: ParticipantConfig, *, records: int) -> list[PlannedRelease]:
+    """Every release a participant with ``config`` and ``records`` calibration records
+    makes: the vector release (private source only; every demonstration, once) and the
+    calibration's DP-SGD steps (Poisson rate ``batch_size / records``, at most 1)."""
+    releases = []
+    if config.vector_source == "private":
+        releases.append(PlannedRelease(sample_rate=1.0, steps=1))
+    cal = config.calibration
+    if cal.total_steps:
+        rate = min(1.0, cal.batch_size / records)
+        releases.append(PlannedRelease(sample_rate=rate, steps=cal.total_steps))
+    return releases
+
+
 def _local_records(config: ParticipantConfig, task_labels: int) -> list[Example]:
     task = load_task(config.task)
     if config.data_file:
@@ -188,14 +202,7 @@ class Participant:
     # -- privacy plan ------------------------------------------------------------------
     def plan(self) -> list[PlannedRelease]:
         """Every release this participant will make."""
-        releases = []
-        if self.config.vector_source == "private":
-            releases.append(PlannedRelease(sample_rate=1.0, steps=1))
-        cal = self.config.calibration
-        if cal.total_steps:
-            rate = min(1.0, cal.batch_size / len(self.records))
-            releases.append(PlannedRelease(sample_rate=rate, steps=cal.total_steps))
-        return releases
+        return planned_releases(self.config, records=len(self.records))
 
     def noise_multiplier(self, plan: list[PlannedRelease] | None = None) -> float:
         """Common noise multiplier for ``plan`` (default: this protocol's releases) from the

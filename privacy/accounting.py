@@ -123,3 +123,39 @@ def noise_multiplier_for_budget(
         if target_epsilon - eps(high) < epsilon_tolerance or high - low < 1e-6:
             break
     return high
+
+
+def epsilon_of_central_noise(
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    plan: Sequence[PlannedRelease],
+    participants: int,
+    accountant: str = "rdp",
+) -> float:
+    """A participant's own epsilon when it adds ``1 / sqrt(participants)`` of the noise
+    that ``target_epsilon`` needs: the share each of ``participants`` adds when their
+    noise is sized so that the *sum* carries ``target_epsilon``'s noise (central DP with a
+    trusted aggregator, or distributed DP where no other participant colludes).
+
+    Analysis only: fedctx's participants share the CKKS key and may collude, so each
+    contribution is protected by its own noise alone, and the returned epsilon (larger
+    than ``target_epsilon``) is what such a participant really spends. Giving it as the
+    budget reproduces that share's noise multiplier through
+    :func:`noise_multiplier_for_budget` (docs/results.md §28). The sum carries
+    ``target_epsilon``'s noise for a record exactly when every participant's release has
+    the same sensitivity and noise multiplier (equal expected batches); a participant
+    with fewer records than the batch gets less.
+
+    Raises:
+        ConfigError: ``participants`` < 1, or the arguments of
+            :func:`noise_multiplier_for_budget` are invalid.
+    """
+    if isinstance(participants, bool) or not isinstance(participants, int) or participants < 1:
+        raise ConfigError(f"participants must be an int >= 1, got {participants!r}")
+    sigma = noise_multiplier_for_budget(target_epsilon=target_epsilon,
+                                        target_delta=target_delta, plan=plan,
+                                        accountant=accountant)
+    share = sigma / math.sqrt(participants)
+    return epsilon_for_history([(share, r.sample_rate, r.steps) for r in plan],
+                               delta=target_delta, accountant=accountant)

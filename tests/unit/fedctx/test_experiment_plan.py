@@ -246,3 +246,66 @@ def test_the_noise_seed_axis_replicates_dp_fedctx_cells_and_pairs_their_noise() 
     for bad in ((-1,), (0, 0), (True,)):
         with pytest.raises(ConfigError, match="noise_seeds must be"):
             dataclasses.replace(base, noise_seeds=bad)
+
+
+def test_central_noise_arm_pairs_global_adam_dp_cells_and_keeps_old_keys() -> None:
+    """``noise_models`` adds a ``central_simulated`` cell next to every DP cell that
+    releases a sum of Gaussian mechanisms (global Adam, one step per round), leaves every
+    older key as it was, and refuses grids where no cell could take it."""
+    from privacy.errors import ConfigError
+
+    base = ExperimentConfig(name="x", tasks=("sst2",), epsilons=(math.inf, 8.0, 1.0),
+                            vector_sources=("public",), control_sources=("zero",),
+                            calibration_optimizers=("local_adamw", "global_adam"),
+                            rounds=20, steps_per_round=1, baselines=("zero_shot",))
+    both = dataclasses.replace(base, noise_models=("local", "central_simulated"))
+    old, new = plan_runs(base), plan_runs(both)
+    assert [r.key() for r in new if r.noise_model == "local"] == [r.key() for r in old]
+    added = [r for r in new if r.noise_model == "central_simulated"]
+    assert sorted((r.epsilon, r.calibration_optimizer) for r in added) == [
+        (1.0, "global_adam"), (8.0, "global_adam")]
+    assert len({r.key() for r in new}) == len(new)
+    assert describe(added[0]).endswith(
+        "fedctx public (eps=8, global adam, central noise, simulated)")
+    with pytest.raises(ConfigError, match="steps_per_round = 1"):
+        dataclasses.replace(both, steps_per_round=5)
+    with pytest.raises(ConfigError, match="global_adam"):
+        dataclasses.replace(both, calibration_optimizers=("local_adamw",))
+    with pytest.raises(ConfigError, match="noise_models"):
+        dataclasses.replace(base, noise_models=("trusted",))
+
+
+def test_central_noise_cell_gives_each_participant_its_share_of_the_noise(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The harness hands participant k the budget whose noise multiplier is
+    ``sigma_k / sqrt(N)``, sigma_k being what the cell's epsilon gives its own plan."""
+    from fedctx.experiment import Harness
+    from participant.calibration import CalibrationConfig
+    from participant.config import ParticipantConfig, PrivacySettings
+    from participant.federation import planned_releases
+    from privacy.accounting import noise_multiplier_for_budget
+
+    config = ExperimentConfig(name="x", tasks=("sst2",), epsilons=(8.0,),
+                              vector_sources=("public",), control_sources=(),
+                              calibration_optimizers=("global_adam",), rounds=20,
+                              steps_per_round=1, batch_size=12,
+                              noise_models=("central_simulated",), baselines=())
+    spec = plan_runs(config)[0]
+    harness = Harness(config, tmp_path)
+    records = {0: [object()] * 256, 1: [object()] * 10}
+    harness.splits = lambda _spec: (None, records, None, None)  # type: ignore[method-assign]
+    participant = ParticipantConfig(
+        participant_id="p00", coordinator="127.0.0.1:1", task="sst2", vector_source="public",
+        tls_cert="c", tls_key="k", tls_ca="ca", state_dir=tmp_path, federation_id="f",
+        privacy=PrivacySettings(target_epsilon=8.0),
+        calibration=CalibrationConfig(rounds=20, steps_per_round=1, batch_size=12,
+                                      optimizer="global_adam"))
+    for index, count in ((0, 256), (1, 10)):
+        shared = harness._central_noise_share(spec, index, participant)
+        plan = planned_releases(participant, records=count)
+        assert plan[0].sample_rate == min(1.0, 12 / count)
+        sigma = noise_multiplier_for_budget(target_epsilon=8.0, target_delta=1e-5, plan=plan)
+        share = noise_multiplier_for_budget(
+            target_epsilon=shared.privacy.target_epsilon, target_delta=1e-5, plan=plan)
+        assert share == pytest.approx(sigma / math.sqrt(10), rel=0.02)
+        assert shared.calibration == participant.calibration

@@ -56,6 +56,7 @@ def test_coefficient_groups_get_their_own_rows() -> None:
     ("calibration_optimizer", "local_adamw", "global_adam", "global Adam"),
     ("clip_scale", "none", "residual", "residual-scaled"),
     ("clip_scale", "none", "residual_capped", "residual-capped-scaled"),
+    ("noise_model", "local", "central_simulated", "central noise (simulated)"),
 ])
 def test_calibration_variants_get_their_own_rows(
     field: str, default: str, other: str, label: str,

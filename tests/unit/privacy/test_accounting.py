@@ -9,7 +9,12 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from privacy.accounting import PlannedRelease, epsilon_for_history, noise_multiplier_for_budget
+from privacy.accounting import (
+    PlannedRelease,
+    epsilon_for_history,
+    epsilon_of_central_noise,
+    noise_multiplier_for_budget,
+)
 from privacy.errors import ConfigError
 
 ACCOUNTANT_CLASSES = {"rdp": RDPAccountant, "prv": PRVAccountant}
@@ -263,3 +268,33 @@ def test_nan_target_epsilon_rejected() -> None:
         noise_multiplier_for_budget(
             target_epsilon=math.nan, target_delta=1e-5, plan=[PlannedRelease(1.0, 1)]
         )
+
+
+# ------------------------------------------------------------- epsilon_of_central_noise
+
+
+@pytest.mark.parametrize("participants", [1, 4, 10])
+def test_central_noise_budget_gives_the_participants_share_of_the_noise(
+    participants: int,
+) -> None:
+    """Given back as a budget, the returned epsilon yields sigma / sqrt(N): the share of
+    the central noise each participant adds (1 participant: the target itself)."""
+    plan = [PlannedRelease(1.0, 1), PlannedRelease(12 / 256, 20)]
+    sigma = noise_multiplier_for_budget(target_epsilon=8.0, target_delta=1e-5, plan=plan)
+    local = epsilon_of_central_noise(target_epsilon=8.0, target_delta=1e-5, plan=plan,
+                                     participants=participants)
+    share = noise_multiplier_for_budget(target_epsilon=local, target_delta=1e-5, plan=plan,
+                                        epsilon_tolerance=1e-4)
+    assert share == pytest.approx(sigma / math.sqrt(participants), rel=1e-3)
+    if participants == 1:
+        assert local == pytest.approx(8.0, abs=0.01)
+    else:
+        assert local > 8.0
+
+
+@pytest.mark.parametrize("participants", [0, -3, 2.0, True])
+def test_central_noise_needs_a_participant_count(participants: object) -> None:
+    with pytest.raises(ConfigError, match="participants"):
+        epsilon_of_central_noise(target_epsilon=8.0, target_delta=1e-5,
+                                 plan=[PlannedRelease(1.0, 1)],
+                                 participants=participants)  # type: ignore[arg-type]
