@@ -7,16 +7,21 @@ each N, N contributions (framed-ready lists of seeded CKKS ciphertexts) are prep
 timing: ``--distinct`` different vectors are encrypted once and their bytes copied into N
 independent ``bytes`` objects (the coordinator cannot tell copies apart, and independent copies
 make the memory figures realistic). Then, under a PUBLIC context (no secret key), exactly what
-the coordinator does for a round:
+the coordinator does for a round, in two ways:
 
-* ``ckks.validate_ciphertexts`` once per contribution (done at upload time), then
-* ``ckks.sum_ciphertexts`` over all N (done when the round closes; it re-validates).
+* **streaming** (what ``Aggregator`` does): at each upload ``ckks.load_ciphertexts`` (the
+  validation, keeping the loaded ciphertexts) and ``EncryptedSum.add`` into the round's
+  running sum; at close, ``EncryptedSum.serialize``;
+* **rebuild** (what it does for a round that was open across a restart, and what it did for
+  every round before 2026-11-28): ``ckks.validate_ciphertexts`` at each upload, then
+  ``ckks.sum_ciphertexts`` over all N at close (it loads and re-validates them all).
 
 Printed per (size, N): times, per-contribution and per-ciphertext cost, input bytes, RSS
-before and peak RSS during validate+sum (VmHWM reset through /proc/self/clear_refs), and a
-least-squares fit time = a + b*N with its R^2 per size (linearity check). The decrypted sum of
-the largest N is checked against the plaintext sum. Not included: the coordinator's disk
-reads/digest checks of stored blobs and gRPC transfer (see load_test.py).
+before and peak RSS during each way (VmHWM reset through /proc/self/clear_refs), and a
+least-squares fit time = a + b*N with its R^2 per size (linearity check). Both ways' sums are
+compared byte for byte at every N, and the decrypted sum at the largest N against the
+plaintext sum. Not included: the coordinator's disk reads/digest checks of stored blobs and
+gRPC transfer (see load_test.py).
 """
 
 from __future__ import annotations
@@ -66,41 +71,54 @@ def run_size(size: int, ns: list[int], *, distinct: int, repeats: int, secret, p
     for n in ns:
         # Independent bytes objects (as if read from n uploads), built before timing.
         contributions = [[bytes(bytearray(b)) for b in encrypted[i % k]] for i in range(n)]
-        validate_times, sum_times = [], []
-        peak_delta = 0
-        before = rss_kib()["VmRSS"]
-        total = None
-        for _ in range(repeats):
-            total = None
-            gc.collect()
-            base = rss_kib()["VmRSS"]
-            reset_peak_rss()
-            t0 = time.perf_counter()
-            for blobs in contributions:
-                ckks.validate_ciphertexts(public, blobs, expected_length=size)
-            t1 = time.perf_counter()
-            total = ckks.sum_ciphertexts(public, contributions)
-            t2 = time.perf_counter()
-            peak_delta = max(peak_delta, rss_kib()["VmHWM"] - base)
-            validate_times.append(t1 - t0)
-            sum_times.append(t2 - t1)
-        v, s = median(validate_times), median(sum_times)
-        fit_n.append(n)
-        fit_t.append(v + s)
-        rows.append([
-            f"{size:,}", n, cts, f"{n * contribution_bytes / 2**20:,.1f}", fmt_s(v), fmt_s(s),
-            fmt_s(v + s), f"{(v + s) / n * 1e3:.1f}", f"{(v + s) / (n * cts) * 1e6:.0f}",
-            mib(before), mib(before + peak_delta), mib(peak_delta),
-        ])
+        totals: dict[str, list[bytes]] = {}
+        for way in ("streaming", "rebuild"):
+            upload_times, close_times = [], []
+            peak_delta = 0
+            before = rss_kib()["VmRSS"]
+            for _ in range(repeats):
+                totals.pop(way, None)
+                gc.collect()
+                base = rss_kib()["VmRSS"]
+                reset_peak_rss()
+                t0 = time.perf_counter()
+                if way == "streaming":
+                    running = ckks.EncryptedSum(public, vector_length=size)
+                    for blobs in contributions:
+                        running.add(ckks.load_ciphertexts(public, blobs, expected_length=size))
+                    t1 = time.perf_counter()
+                    totals[way] = running.serialize()
+                    del running
+                else:
+                    for blobs in contributions:
+                        ckks.validate_ciphertexts(public, blobs, expected_length=size)
+                    t1 = time.perf_counter()
+                    totals[way] = ckks.sum_ciphertexts(public, contributions)
+                t2 = time.perf_counter()
+                peak_delta = max(peak_delta, rss_kib()["VmHWM"] - base)
+                upload_times.append(t1 - t0)
+                close_times.append(t2 - t1)
+            u, c = median(upload_times), median(close_times)
+            if way == "streaming":
+                fit_n.append(n)
+                fit_t.append(u + c)
+            rows.append([
+                f"{size:,}", n, way, f"{n * contribution_bytes / 2**20:,.1f}", fmt_s(u),
+                fmt_s(c), fmt_s(u + c), f"{(u + c) / n * 1e3:.2f}",
+                f"{(u + c) / (n * cts) * 1e6:.0f}",
+                mib(before), mib(before + peak_delta), mib(peak_delta),
+            ])
+        if totals["streaming"] != totals["rebuild"]:
+            raise AssertionError(f"size {size:,}, N={n}: the two ways' sums differ")
         if n == max(ns):
-            assert total is not None
             expected = sum(vectors[i % k] for i in range(n))
-            got = ckks.decrypt_vector(secret, total, length=size)
+            got = ckks.decrypt_vector(secret, totals["streaming"], length=size)
             err = float(np.max(np.abs(got - expected)))
-            check = f"size {size:,}, N={n}: max |decrypted sum - plaintext sum| = {err:.2e}"
+            check = (f"size {size:,}, N={n}: max |decrypted sum - plaintext sum| = {err:.2e}; "
+                     "the two ways' sums are the same bytes at every N")
             if err > 1e-3:
                 raise AssertionError(f"aggregate is wrong: {check}")
-        del contributions, total
+        del contributions, totals
         gc.collect()
     return rows, fit_n, fit_t, encrypt_s, contribution_bytes, check
 
@@ -140,19 +158,20 @@ def main(argv: list[str] | None = None) -> int:
                      f"{fit_t[-1] / fit_n[-1] / (fit_t[0] / fit_n[0]):.2f}"])
         checks.append(check)
     print_table(
-        ["values", "N", "cts", "inputs MiB", "validate N", "sum N", "total", "ms/contrib",
+        ["values", "N", "way", "inputs MiB", "at uploads", "at close", "total", "ms/contrib",
          "us/ct", "RSS before MiB", "peak RSS MiB", "peak - before MiB"],
         all_rows, left=0,
-        title="Table 1. Validate every contribution, then sum them (public context)")
+        title="Table 1. Validate and sum N contributions (public context): streamed into a "
+              "running sum, or rebuilt at close")
     print_table(
         ["values", "bytes/contribution", "encrypt (participant)", "fit a (fixed)",
          "fit b (ms per contribution)", "R^2", "per-contrib cost, largest/smallest N"],
         fits, left=0,
-        title="Table 2. Linearity: total = a + b*N (least squares over the N above)")
+        title="Table 2. Linearity of the streaming way: total = a + b*N (least squares)")
     for line in checks:
         print("correctness: " + line)
-    print("peak - before: extra memory of validate+sum beyond the inputs already held "
-          "(sum_ciphertexts needs all N contributions in memory at once).")
+    print("peak - before: extra memory beyond the inputs this script holds (streaming keeps "
+          "one loaded contribution and the running sum; rebuild loads all N at once).")
     print(f"\nfinished in {time.perf_counter() - start:.1f} s")
     print_footer()
     return 0

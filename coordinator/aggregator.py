@@ -123,6 +123,9 @@ class Aggregator:
         self._lock = threading.RLock()
         self._public_context: tenseal.Context | None = None
         self._slots = 0
+        # Open rounds' running sums, with the digests folded into each (a multiset, sorted
+        # at close). Memory only: after a restart a round is summed from the store instead.
+        self._running: dict[str, tuple[ckks.EncryptedSum, list[str]]] = {}
         stored_fed = store.get_meta("federation_id")
         if stored_fed is not None and stored_fed != config.federation_id:
             raise BindingMismatchError(
@@ -352,7 +355,7 @@ class Aggregator:
         digest_hex = header.payload_sha256.hex()
         # Ciphertext validation, the expensive part, needs no lock (the public context is
         # fixed once set): concurrent uploads are validated in parallel.
-        self._validate_payload(data, header)
+        loaded = self._validate_payload(data, header)
         self.tick()
         with self._lock:
             existing = self.store.query(
@@ -393,6 +396,7 @@ class Aggregator:
                     "INSERT INTO contributions VALUES (?, ?, ?, ?, ?)",
                     (header.round_id, peer_id, digest_hex, len(data), now()),
                 )
+            self._fold_in(header.round_id, digest_hex, loaded, first=round_row is None)
             count = len(self.store.contributions(header.round_id))
             logger.info(
                 "[Aggregator.submit] round=%s participant=%s contributions=%d",
@@ -404,7 +408,7 @@ class Aggregator:
             assert state is not None
             return Receipt(header.round_id, header.payload_sha256, False, count, state.state)
 
-    def _validate_payload(self, data: bytes, header: Header) -> list[bytes]:
+    def _validate_payload(self, data: bytes, header: Header) -> ckks.LoadedVector:
         assert self._public_context is not None
         try:
             blobs = payload.unframe(data)
@@ -412,7 +416,7 @@ class Aggregator:
                 raise InvalidContributionError(
                     f"payload holds {len(blobs)} ciphertexts, header says {header.num_ciphertexts}"
                 )
-            ckks.validate_ciphertexts(
+            return ckks.load_ciphertexts(
                 self._public_context, blobs, expected_length=header.vector_length
             )
         except CkksParameterMismatchError as exc:
@@ -421,7 +425,50 @@ class Aggregator:
             ) from exc
         except CryptoError as exc:
             raise InvalidContributionError(f"invalid ciphertext payload: {exc}") from exc
-        return blobs
+
+    def _fold_in(self, round_id: str, digest_hex: str, loaded: ckks.LoadedVector, *,
+                 first: bool) -> None:
+        """Add a stored contribution to its round's running sum (caller holds the lock).
+
+        A round gets a running sum only when its first contribution arrives in this
+        process; otherwise (a restart mid-round) or if an addition fails, it has none
+        and :meth:`_close` sums the stored contributions instead, so nothing is lost.
+        """
+        assert self._public_context is not None
+        if first:
+            self._running[round_id] = (
+                ckks.EncryptedSum(self._public_context, vector_length=loaded.length), [])
+        running = self._running.get(round_id)
+        if running is None:
+            return
+        try:
+            running[0].add(loaded)
+        except CryptoError as exc:
+            del self._running[round_id]
+            logger.warning(
+                "[Aggregator.fold_in] round=%s running sum dropped (%s); the close will "
+                "sum the stored contributions", round_id, exc,
+            )
+            return
+        running[1].append(digest_hex)
+
+    def _round_total(self, row: RoundRow, digests: list[str]) -> list[bytes]:
+        """The round's encrypted sum: its running sum if that holds exactly ``digests``,
+        else the stored contributions re-validated and summed one at a time."""
+        assert self._public_context is not None
+        running = self._running.pop(row.round_id, None)
+        if running is not None and sorted(running[1]) == sorted(digests):
+            try:
+                return running[0].serialize()
+            except CryptoError as exc:
+                logger.warning("[Aggregator.close] round=%s running sum unusable (%s)",
+                               row.round_id, exc)
+        total = ckks.EncryptedSum(self._public_context, vector_length=row.vector_length)
+        for digest in digests:
+            blobs = payload.unframe(self.store.get_blob(digest))
+            total.add(ckks.load_ciphertexts(
+                self._public_context, blobs, expected_length=row.vector_length))
+        return total.serialize()
 
     def _close(self, round_id: str) -> None:
         """Sum the round's contributions and persist the aggregate (idempotent)."""
@@ -430,8 +477,7 @@ class Aggregator:
         if row is None or row.state != OPEN:
             return
         contributions = self.store.contributions(round_id)
-        framed = [payload.unframe(self.store.get_blob(d)) for _, d in contributions]
-        total = ckks.sum_ciphertexts(self._public_context, framed)
+        total = self._round_total(row, [d for _, d in contributions])
         data = payload.frame(total)
         digest = self.store.put_blob(data)
         with self.store.transaction() as db:
@@ -468,6 +514,7 @@ class Aggregator:
                 if count >= self.config.quorum:
                     self._close(row.round_id)
                 else:
+                    self._running.pop(row.round_id, None)
                     with self.store.transaction() as db:
                         db.execute(
                             "UPDATE rounds SET state = ?, closed_at = ? WHERE round_id = ?",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from privacy.clipping import clip_whitened
+from privacy.clipping import clipped_sum_whitened
 from privacy.noise import add_gaussian_noise, gaussian_std
 
 from .hooks import capture_activations
@@ -121,14 +121,16 @@ def private_deviation_mean(
         ``[2, L, d]`` float64 mean deviation (add ``reference.vector`` to get the vector).
     """
     n, two, layers, width = activations.shape
-    deviation = (activations.double() - reference.vector.double()).reshape(n, two * layers, width)
+    records = activations.reshape(n, two * layers, width)
+    centre = reference.vector.reshape(two * layers, width)
     scales = reference.block_scales.double()
     if clip_norm is None:
         if noise_multiplier != 0:
             raise ValueError("noise without clipping has no defined sensitivity")
-        whitened_sum = (deviation / scales[None, :, None]).sum(dim=0)
+        whitened_sum = ((records.double() - centre.double()) / scales[None, :, None]).sum(dim=0)
     else:
-        whitened_sum = clip_whitened(deviation, block_scales=scales, clip_norm=clip_norm).sum(0)
+        whitened_sum = clipped_sum_whitened(
+            records, block_scales=scales, clip_norm=clip_norm, centre=centre)
         std = gaussian_std(noise_multiplier=noise_multiplier, sensitivity=clip_norm)
         whitened_sum = add_gaussian_noise(whitened_sum, std=std, generator=generator)
     return (whitened_sum * scales[:, None] / n).reshape(two, layers, width)

@@ -57,3 +57,46 @@ def clip_whitened(
     whitened = x.double() / block_scales.double()[None, :, None]
     flat = clip_l2(whitened.reshape(x.shape[0], -1), clip_norm=clip_norm)
     return flat.reshape(x.shape)
+
+
+def clipped_sum_whitened(
+    x: torch.Tensor, *, block_scales: torch.Tensor, clip_norm: float,
+    centre: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sum over records of :func:`clip_whitened`, without materialising the clipped records.
+
+    One float64 working copy of ``x`` is centred and whitened in place; each record's
+    clip factor then weights it in a single matrix-vector product. Equal to
+    ``clip_whitened(x - centre, ...).sum(0)`` up to float64 rounding, several times faster
+    and with one allocation of ``x``'s size instead of four.
+
+    Args:
+        x: ``[N, B, d]`` per-record activations (or deviations when ``centre`` is None);
+            not modified.
+        block_scales: ``[B]`` positive public scales (computed without private data).
+        clip_norm: L2 bound of one record in the whitened basis.
+        centre: optional public ``[B, d]`` subtracted from every record first.
+
+    Returns:
+        ``[B, d]`` float64 sum **in the whitened basis**; its L2 sensitivity under
+        add/remove-one-record is ``clip_norm``.
+    """
+    if clip_norm <= 0 or not torch.isfinite(torch.tensor(clip_norm)):
+        raise ConfigError(f"clip_norm must be a positive finite number, got {clip_norm}")
+    if x.dim() != 3 or block_scales.shape != (x.shape[1],):
+        raise ConfigError(
+            f"expected x [N, B, d] and block_scales [B], got {tuple(x.shape)} and "
+            f"{tuple(block_scales.shape)}"
+        )
+    if centre is not None and centre.shape != x.shape[1:]:
+        raise ConfigError(f"centre must be {tuple(x.shape[1:])}, got {tuple(centre.shape)}")
+    if not bool(torch.all(block_scales > 0)):
+        raise ConfigError("block_scales must be strictly positive")
+    work = x.to(torch.float64, copy=True)
+    if centre is not None:
+        work.sub_(centre.double()[None])
+    work.div_(block_scales.double()[None, :, None])
+    flat = work.reshape(x.shape[0], -1)
+    norms = torch.linalg.vector_norm(flat, dim=1)
+    factor = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
+    return (factor @ flat).reshape(x.shape[1:])

@@ -493,3 +493,43 @@ def test_error_bound_grows_with_summands_and_shrinks_with_scale() -> None:
     assert b100 == pytest.approx(10 * b1, rel=1e-3)
     finer = ckks.CkksParams(global_scale_bits=PARAMS.global_scale_bits + 2)
     assert ckks.encoding_error_bound(finer, n_summands=1, value_bound=1.0) < b1 / 3.9
+
+
+def test_running_sum_is_exact_and_order_free(keys: Keys) -> None:
+    rng = np.random.default_rng(8)
+    length = SLOTS + 7
+    blobs = [ckks.encrypt_vector(keys.secret, rng.normal(0, 3, length)) for _ in range(4)]
+    loaded = [ckks.load_ciphertexts(keys.public, b, expected_length=length) for b in blobs]
+    forward, backward = (ckks.EncryptedSum(keys.public, vector_length=length) for _ in range(2))
+    for vector in loaded:
+        forward.add(vector)
+    for vector in reversed(loaded):
+        backward.add(vector)
+    assert forward.count == backward.count == 4
+    # Addition modulo q is exact: the same bytes whatever the order, and sum_ciphertexts'.
+    assert forward.serialize() == backward.serialize() == ckks.sum_ciphertexts(keys.public, blobs)
+    # A loaded vector is not consumed: adding it again adds it again.
+    again = ckks.EncryptedSum(keys.public, vector_length=length)
+    again.add(loaded[0])
+    again.add(loaded[0])
+    twice = ckks.decrypt_vector(keys.secret, again.serialize(), length=length)
+    once = ckks.decrypt_vector(keys.secret, blobs[0], length=length)
+    assert np.allclose(twice, 2 * once, atol=1e-5)
+
+
+def test_running_sum_rejects_what_it_cannot_add(keys: Keys) -> None:
+    other = ckks.load_public_context(ckks.serialize_public_context(keys.secret))
+    blobs = ckks.encrypt_vector(keys.secret, np.ones(5))
+    total = ckks.EncryptedSum(keys.public, vector_length=5)
+    with pytest.raises(CiphertextError):
+        total.serialize()  # nothing added yet
+    with pytest.raises(CiphertextError, match="context"):
+        total.add(ckks.load_ciphertexts(other, blobs, expected_length=5))
+    with pytest.raises(CiphertextError, match="context"):
+        total.add(blobs)  # type: ignore[arg-type]
+    with pytest.raises(CiphertextError, match="values"):
+        total.add(ckks.load_ciphertexts(keys.public, ckks.encrypt_vector(keys.secret, np.ones(6)),
+                                        expected_length=6))
+    with pytest.raises(ConfigError):
+        ckks.EncryptedSum(keys.public, vector_length=0)
+    assert total.count == 0

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from privacy.clipping import clip_l2, clip_whitened
+from privacy.clipping import clip_l2, clip_whitened, clipped_sum_whitened
 from privacy.errors import ConfigError
 
 REL = 1e-9  # float64 slack on the clipping bound
@@ -254,3 +254,63 @@ def test_clip_whitened_rejects_bad_shapes_and_scales(
 def test_clip_whitened_rejects_bad_clip_norm(clip_norm: float) -> None:
     with pytest.raises(ConfigError):
         clip_whitened(torch.ones(2, 3, 4), block_scales=torch.ones(3), clip_norm=clip_norm)
+
+
+# --------------------------------------------------------------------------- clipped_sum_whitened
+
+
+@SETTINGS
+@given(data=records(), clip_norm=clip_norms, centred=st.booleans())
+def test_clipped_sum_is_the_sum_of_clipped_records(
+    data: tuple[torch.Tensor, torch.Tensor], clip_norm: float, centred: bool
+) -> None:
+    x, scales = data
+    centre = torch.linspace(-2.0, 3.0, x[0].numel(), dtype=torch.float64).reshape(x.shape[1:])
+    before = x.clone()
+    total = clipped_sum_whitened(
+        x, block_scales=scales, clip_norm=clip_norm, centre=centre if centred else None)
+    assert torch.equal(x, before)  # the input is not modified
+    expected = clip_whitened(
+        x - centre if centred else x, block_scales=scales, clip_norm=clip_norm).sum(0)
+    assert total.dtype == torch.float64 and total.shape == x.shape[1:]
+    # Same clip factors; only the order of the float64 sum differs.
+    bound = clip_norm * x.shape[0]
+    torch.testing.assert_close(total, expected, rtol=1e-9, atol=1e-12 * bound)
+    # Sensitivity: dropping one record moves the sum by at most clip_norm.
+    for i in range(x.shape[0]):
+        rest = torch.cat([x[:i], x[i + 1:]])
+        if rest.shape[0] == 0:
+            without = torch.zeros_like(total)
+        else:
+            without = clipped_sum_whitened(
+                rest, block_scales=scales, clip_norm=clip_norm,
+                centre=centre if centred else None)
+        diff = float(torch.linalg.vector_norm((total - without).reshape(-1)))
+        assert diff <= clip_norm * (1 + REL) + 1e-12 * bound
+
+
+def test_clipped_sum_takes_float32_records() -> None:
+    x = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(0)) * 10
+    scales = torch.tensor([1.0, 2.0, 0.5])
+    total = clipped_sum_whitened(x, block_scales=scales, clip_norm=1.5)
+    expected = clip_whitened(x.double(), block_scales=scales, clip_norm=1.5).sum(0)
+    assert total.dtype == torch.float64
+    torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("shape", "scales", "centre"),
+    [
+        ((2, 3), torch.ones(3), None),
+        ((2, 3, 4), torch.ones(2), None),
+        ((2, 3, 4), torch.tensor([1.0, 0.0, 1.0]), None),
+        ((2, 3, 4), torch.ones(3), torch.zeros(3, 5)),
+    ],
+)
+def test_clipped_sum_rejects_bad_shapes(
+    shape: tuple[int, ...], scales: torch.Tensor, centre: torch.Tensor | None
+) -> None:
+    with pytest.raises(ConfigError):
+        clipped_sum_whitened(torch.ones(shape), block_scales=scales, clip_norm=1.0, centre=centre)
+    with pytest.raises(ConfigError):
+        clipped_sum_whitened(torch.ones(2, 3, 4), block_scales=torch.ones(3), clip_norm=-1.0)
