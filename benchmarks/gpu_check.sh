@@ -36,5 +36,9 @@ step inference_latency_no_lt 240 env DISABLE_ADDMM_CUDA_LT=1 \
     "$PYTHON" benchmarks/inference_latency.py --device cuda --repeats 9 --shots 1
 step hook_overhead 120 "$PYTHON" benchmarks/hook_overhead.py --device cuda --blocks 20
 step privacy_overhead 120 "$PYTHON" benchmarks/privacy_overhead.py --device cuda
+# The same with 8 CKKS worker processes, OpenMP threads told not to spin between torch ops
+# (on a 2-core CPU spinning threads took the workers' cores; a GPU host has 16).
+step privacy_overhead_w8 120 env OMP_WAIT_POLICY=PASSIVE \
+    "$PYTHON" benchmarks/privacy_overhead.py --device cuda --ckks-workers 8
 step fold_accuracy 90 "$PYTHON" benchmarks/fold_accuracy.py --device cuda
 echo "=== done in $((SECONDS - START)) s; logs in $OUT"

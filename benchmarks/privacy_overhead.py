@@ -8,13 +8,14 @@ then runs the private path of ``Participant.run`` / ``Participant.secure_mean``:
 
 1. clip + noise: ``private_deviation_mean`` (per-record whitened clipping, Gaussian noise);
 2. ``ckks.check_precision`` (as ``Participant._check_precision``);
-3. encrypt: ``ckks.encrypt_vector`` (seeded, the default);
+3. encrypt: ``ckks.encrypt_vector`` (seeded, the default), through ``Participant.crypto()``'s
+   ``CkksWorkers`` with ``--ckks-workers`` processes (1: in this process, the default);
 4. upload: ``CoordinatorClient.submit`` to a real in-process ``CoordinatorServer`` over mutual
    TLS on 127.0.0.1:0 (includes the coordinator's validation and durable write);
 5. aggregate: the coordinator's homomorphic sum when the round closes (``Aggregator._close``,
    timed by wrapping it; it runs inside the last participant's upload);
 6. download: ``CoordinatorClient.download_aggregate``;
-7. decrypt: ``ckks.decrypt_vector`` and division by the contribution count.
+7. decrypt: ``ckks.decrypt_vector`` (the same workers) and division by the contribution count.
 
 Federations of 1..3 participants (each its own certificate, channel and opened CKKS key,
 after the real key ceremony over gRPC); participant 1 uploads first, the others after it, so
@@ -55,6 +56,7 @@ from participant.layers import layer_map_fingerprint, resolve_layer_sites
 from participant.model import load_model
 from participant.tasks import load_task
 from privacy import ckks
+from privacy.ckks_workers import CkksWorkers
 
 STAGES = ["clip + noise", "check_precision", "encrypt", "upload", "aggregate (coordinator sum)",
           "download", "decrypt"]
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     parser.add_argument("--batch-size", type=int, default=16, help="forward batch (default 16)")
     parser.add_argument("--noise-multiplier", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--ckks-workers", type=int, default=1,
+                        help="processes encrypting and decrypting for participant 1 "
+                             "(the participant's ckks_workers; 1: in this process)")
     args = parser.parse_args(argv)
     if args.quick:
         args.demos, args.participants, args.repeats = 8, "1,2", 1
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
     print_header("fedctx privacy overhead of a vector round", quick=args.quick, extra=[
         f"settings: model {args.model} on {args.device}, task sst2 ({args.data_dir}), "
         f"{args.demos} demonstrations per participant, batch {args.batch_size}, "
-        f"noise multiplier {args.noise_multiplier}, "
+        f"noise multiplier {args.noise_multiplier}, CKKS workers {args.ckks_workers}, "
         f"participants {sizes}, {args.repeats} round(s) each (median)"])
     start_all = time.perf_counter()
 
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
             federation = ceremony.federation
             contexts = {pid: ckks.load_secret_context(ceremony.opened[pid]) for pid in roster}
             clients = {pid: fed.client(pid) for pid in roster}
+            crypto = CkksWorkers(contexts[roster[0]], workers=args.ckks_workers)
+            crypto.decrypt(crypto.encrypt(np.ones(length)), length=length)  # workers started
             stage_times: dict[str, list[float]] = {s: [] for s in STAGES}
             generator = torch.Generator().manual_seed(p)
             for r in range(max(1, args.repeats)):
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
                                      noise_std=noise_std)
                 t["check_precision"] = time.perf_counter() - start
                 start = time.perf_counter()
-                blobs = ckks.encrypt_vector(contexts[me], deviation)
+                blobs = crypto.encrypt(deviation)
                 t["encrypt"] = time.perf_counter() - start
                 deviations = {me: deviation}
                 with time_calls(fed.server.aggregator, "_close") as closes:
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
                 aggregate = clients[me].download_aggregate(round_id)
                 t["download"] = time.perf_counter() - start
                 start = time.perf_counter()
-                mean = ckks.decrypt_vector(contexts[me], aggregate.blobs, length=length)
+                mean = crypto.decrypt(aggregate.blobs, length=length)
                 mean = mean / aggregate.contributions
                 t["decrypt"] = time.perf_counter() - start
                 expected = np.mean([deviations[pid] for pid in roster], axis=0)
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - a linear scri
                                          f"contributions, max error {err:.2e}")
                 for stage in STAGES:
                     stage_times[stage].append(t[stage])
+            crypto.close()
             results[p] = {s: median(v) for s, v in stage_times.items()}
 
     rows = [["model forward: last_token_activations", *[fmt_s(forward_s) for _ in sizes],

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from privacy.ckks import CkksParams
+from privacy.ckks_workers import MAX_WORKERS as MAX_CKKS_WORKERS
 from privacy.errors import ConfigError
 
 from .calibration import CalibrationConfig
@@ -147,6 +148,9 @@ class ParticipantConfig:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     ckks: CkksParams = field(default_factory=CkksParams)
+    #: processes that encrypt and decrypt (TenSEAL holds the GIL, so threads would not
+    #: help); 1 = in this process. Several pay off on many-core hosts, e.g. beside a GPU.
+    ckks_workers: int = 1
     results_file: str = ""
     server_name: str = ""
     cache_task: bool = True
@@ -166,6 +170,9 @@ class ParticipantConfig:
             raise ConfigError("demonstrations_per_class >= 0 and max_calibration_records >= 1")
         if self.dirichlet_alpha < 0:
             raise ConfigError("dirichlet_alpha must be >= 0 (0 = IID)")
+        if isinstance(self.ckks_workers, bool) or not isinstance(self.ckks_workers, int) \
+                or not 1 <= self.ckks_workers <= MAX_CKKS_WORKERS:
+            raise ConfigError(f"ckks_workers must be an int in 1..{MAX_CKKS_WORKERS}")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: object) -> ParticipantConfig:

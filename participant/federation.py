@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy import ckks, keyshare
 from privacy.accounting import PlannedRelease, epsilon_for_history, noise_multiplier_for_budget
+from privacy.ckks_workers import CkksWorkers
 from privacy.denoise import james_stein_blocks
 from privacy.errors import BudgetExhaustedError
 from privacy.ledger import PrivacyLedger
@@ -198,6 +199,8 @@ class Participant:
             accountant=privacy.accountant,
         )
         self.secret_context = None
+        self._crypto: CkksWorkers | None = None
+        self._crypto_context: object = None
 
     # -- privacy plan ------------------------------------------------------------------
     def plan(self) -> list[PlannedRelease]:
@@ -264,6 +267,7 @@ class Participant:
         the federation's model, layer map and plan are this participant's; returns the
         federation as it stands after the key ceremony."""
         self.establish_keys(federation, protocol_plan=protocol_plan)
+        self.crypto()  # start any CKKS worker processes while the model works
         federation = self.client.federation()
         for key, mine in (("model_fingerprint", self.lm.fingerprint),
                           ("layer_map_fingerprint", self.layer_fp)):
@@ -359,6 +363,22 @@ class Participant:
         self.secret_context = context
 
     # -- one encrypted round ------------------------------------------------------------
+    def crypto(self) -> CkksWorkers:
+        """Encryption and decryption under the secret context, over ``ckks_workers``
+        processes (started on first use, stopped by :meth:`close`)."""
+        assert self.secret_context is not None
+        if self._crypto is None or self._crypto_context is not self.secret_context:
+            self.close_crypto()
+            self._crypto = CkksWorkers(self.secret_context, workers=self.config.ckks_workers)
+            self._crypto_context = self.secret_context
+        return self._crypto
+
+    def close_crypto(self) -> None:
+        """Stop the CKKS worker processes, if any (idempotent)."""
+        if self._crypto is not None:
+            self._crypto.close()
+            self._crypto = None
+
     def secure_mean(
         self, round_id: str, values: np.ndarray, *, kind: str, federation: pb.GetFederationResponse,
         release_id: str | None,
@@ -372,7 +392,7 @@ class Participant:
             )
         status = self.client.round(round_id)
         if not status.contributed:
-            blobs = ckks.encrypt_vector(self.secret_context, values)
+            blobs = self.crypto().encrypt(values)
             header = pb.ContributionHeader(
                 federation_id=self.config.federation_id, round_id=round_id,
                 model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
@@ -386,7 +406,7 @@ class Participant:
         aggregate = self.client.download_aggregate(round_id)
         if aggregate.ckks_context_fingerprint != federation.ckks_context_fingerprint:
             raise ProtocolError("aggregate was produced under another CKKS context")
-        total = ckks.decrypt_vector(self.secret_context, aggregate.blobs, length=values.size)
+        total = self.crypto().decrypt(aggregate.blobs, length=values.size)
         return total / aggregate.contributions, aggregate.contributions
 
     def _round_record(self, round_id: str, contributions: int, *, compute_s: float,
@@ -583,7 +603,7 @@ class Participant:
             vector_length=vector.numel(), coefficient_count=coefficients.numel(),
             metadata_json=json.dumps(metadata),
         )
-        self.client.put_task(header, ckks.encrypt_vector(self.secret_context, values),
+        self.client.put_task(header, self.crypto().encrypt(values),
                              chunk_bytes=federation.chunk_bytes)
 
     def fetch_cached_task(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -597,7 +617,7 @@ class Participant:
                                                                          self.layer_fp):
             raise ProtocolError("the cached task was made for another model or layer map")
         length = header.vector_length + header.coefficient_count
-        values = ckks.decrypt_vector(self.secret_context, blobs, length=length)
+        values = self.crypto().decrypt(blobs, length=length)
         vector = torch.from_numpy(values[: header.vector_length]).float().reshape(
             2, self.sites.num_layers, self.sites.hidden_size)
         coefficients = torch.from_numpy(values[header.vector_length :]).float().reshape(
@@ -647,6 +667,9 @@ class Participant:
                              value_bound=bound, noise_std=noise_std)
 
     def close(self) -> None:
-        """Close the channel."""
-        self.client.close()
+        """Stop any CKKS worker processes and close the channel."""
+        try:
+            self.close_crypto()
+        finally:
+            self.client.close()
 

@@ -60,9 +60,11 @@ def test_two_participants_private_federation(
     from privacy import ckks
 
     server = coordinator_factory()
+    # org2 encrypts and decrypts in two worker processes, org1 in its own process.
     configs = [
-        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data)
-        for pid in ("org1", "org2")
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            ckks_workers=workers)
+        for pid, workers in (("org1", 1), ("org2", 2))
     ]
     reports = _run_all(configs)
 

@@ -71,3 +71,17 @@ def test_insecure_noise_seed_gives_reproducible_separate_streams_or_none() -> No
     for bad in (-2, True, 1.5):
         with pytest.raises(ConfigError, match="insecure_noise_seed"):
             PrivacySettings(insecure_noise_seed=bad)  # type: ignore[arg-type]
+
+
+def test_ckks_workers_is_checked_and_read_from_toml(tmp_path: Path) -> None:
+    assert _config().ckks_workers == 1
+    assert _config(ckks_workers=8).ckks_workers == 8
+    for bad in (0, 65, True, 2.5):
+        with pytest.raises(ConfigError, match="ckks_workers"):
+            _config(ckks_workers=bad)
+    path = tmp_path / "participant.toml"
+    path.write_text(
+        '[participant]\nparticipant_id = "org1"\ncoordinator = "127.0.0.1:1"\n'
+        'tls_cert = "c"\ntls_key = "k"\ntls_ca = "a"\nstate_dir = "s"\nfederation_id = "f"\n'
+        "ckks_workers = 4\n", encoding="utf-8")
+    assert ParticipantConfig.from_toml(path).ckks_workers == 4
