@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -76,8 +78,14 @@ def test_workers_need_the_secret_context(secret: object) -> None:
         CkksWorkers(public, workers=2)
 
 
-def test_close_is_idempotent(secret: object) -> None:
+def test_close_stops_the_processes_and_is_idempotent(secret: object) -> None:
+    before = set(multiprocessing.active_children())
     pool = CkksWorkers(secret, workers=2)  # type: ignore[arg-type]
+    pool.encrypt(np.ones(3 * SLOTS))
+    started = set(multiprocessing.active_children()) - before
+    assert len(started) == 2
     pool.close()
     pool.close()
     assert pool._pool is None
+    assert not started & set(multiprocessing.active_children())
+    assert all(not p.is_alive() for p in started)
