@@ -14,7 +14,9 @@ torch threads and no open sockets, and they exit with :meth:`CkksWorkers.close`.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 
 import numpy as np
@@ -101,7 +103,7 @@ class CkksWorkers:
             raise ConfigError("values must be a non-empty 1-D array")
         count = -(-arr.size // self._slots)
         parts = [arr[a * self._slots: b * self._slots] for a, b in self._runs(count)]
-        return [blob for run in self._pool.map(_encrypt_part, parts) for blob in run]
+        return [blob for run in self._map(_encrypt_part, parts) for blob in run]
 
     def decrypt(self, blobs: list[bytes], *, length: int) -> np.ndarray:
         """:func:`privacy.ckks.decrypt_vector` of ``blobs``: ``[length]`` float64.
@@ -116,11 +118,19 @@ class CkksWorkers:
             return ckks.decrypt_vector(self._context, blobs, length=length)
         runs = self._runs(len(blobs))
         sizes = [min(b * self._slots, length) - a * self._slots for a, b in runs]
-        parts = self._pool.map(_decrypt_part, [blobs[a:b] for a, b in runs], sizes)
-        return np.concatenate(list(parts))
+        return np.concatenate(self._map(_decrypt_part, [blobs[a:b] for a, b in runs], sizes))
+
+    def _map(self, fn: Callable[..., object], *args: Iterable[object]) -> list:  # type: ignore[type-arg]
+        assert self._pool is not None
+        try:
+            return list(self._pool.map(fn, *args))
+        except BrokenProcessPool:
+            broken, self._pool = self._pool, None  # later calls run in this process
+            broken.shutdown(wait=False, cancel_futures=True)
+            raise CryptoError("a CKKS worker process died; nothing was returned") from None
 
     def close(self) -> None:
-        """Stop the worker processes (idempotent)."""
+        """Stop the worker processes (idempotent); later calls run in this process."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -89,3 +89,19 @@ def test_close_stops_the_processes_and_is_idempotent(secret: object) -> None:
     assert pool._pool is None
     assert not started & set(multiprocessing.active_children())
     assert all(not p.is_alive() for p in started)
+
+
+def test_a_dead_worker_is_a_crypto_error_and_the_next_call_still_works(secret: object) -> None:
+    pool = CkksWorkers(secret, workers=2)  # type: ignore[arg-type]
+    values = np.linspace(-1.0, 1.0, 3 * SLOTS)
+    pool.encrypt(values)
+    assert pool._pool is not None
+    for process in list(pool._pool._processes.values()):
+        process.kill()
+        process.join()
+    with pytest.raises(CryptoError, match="worker process died"):
+        pool.encrypt(values)
+    # The pool is gone; the same object now works in this process.
+    np.testing.assert_allclose(pool.decrypt(pool.encrypt(values), length=values.size), values,
+                               atol=1e-6)
+    pool.close()
