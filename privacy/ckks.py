@@ -25,23 +25,19 @@ TenSEAL 0.3.18 behaviour this module relies on (measured, see
   cannot be detected cryptographically; the protocol binds every contribution
   to :func:`context_fingerprint` in a signed header instead.
 * SEAL can serialise *symmetric-key* ciphertexts with the second polynomial
-  replaced by a PRNG seed (half the bytes).  TenSEAL's high-level API does not,
-  but its bundled SEAL bindings (``tenseal.sealapi``) expose
-  ``Encryptor.encrypt_symmetric(plain) -> Serializable<Ciphertext>`` whose only
-  output is ``save(path)``.  :func:`encrypt_vector` uses it through an
-  anonymous in-memory file (Linux ``memfd``) when the context holds the secret
-  key; TenSEAL's ``CKKSVector`` loader expands the seed transparently.
+  replaced by a PRNG seed (half the bytes); TenSEAL's high-level API does not.
+  :func:`encrypt_vector` makes them through ``tenseal.sealapi`` when the context
+  holds the secret key (:mod:`privacy.ckks_seeded`); TenSEAL's ``CKKSVector``
+  loader expands the seed transparently.
+
+Blobs are frame-checked (:mod:`privacy.ckks_wire`) before SEAL parses them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-import os
 import struct
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -49,6 +45,7 @@ from typing import Final
 import numpy as np
 import tenseal as ts
 
+from privacy import ckks_seeded, ckks_wire
 from privacy.errors import (
     CiphertextError,
     CkksParameterMismatchError,
@@ -78,8 +75,6 @@ __all__ = [
     "validate_ciphertexts",
 ]
 
-_LOG = logging.getLogger(__name__)
-
 #: Largest total coefficient-modulus bit count SEAL accepts for 128-bit
 #: classical security (HomomorphicEncryption.org standard, ternary secret).
 SEAL_MAX_COEFF_BITS_128: Final[dict[int, int]] = {
@@ -105,9 +100,6 @@ _MIN_HEADROOM_BITS: Final = 8
 _PARAMS_DOMAIN: Final = b"fedctx/ckks/params/v1\x00"
 _CONTEXT_DOMAIN: Final = b"fedctx/ckks/public-context/v1\x00"
 _SEAL_INVALID_DATA: Final = "ciphertext data is invalid"
-#: SEALHeader: magic 0xA15E (little-endian), header size 16, ..., u64 total size.
-_SEAL_MAGIC: Final = b"\x5e\xa1\x10"
-_SEAL_HEADER_BYTES: Final = 16
 #: Bytes allowed on top of the raw ciphertext size (SEAL header, zstd frame and
 #: protobuf framing) before a blob is rejected as oversized.
 _BLOB_SLACK_BYTES: Final = 4096
@@ -295,7 +287,7 @@ def load_secret_context(data: bytes) -> ts.Context:
         CryptoError: If the bytes are malformed, not a CKKS public-key context,
             or hold no secret key.
     """
-    fields = _parse_context_proto(data)
+    fields = ckks_wire.parse_context_proto(data)
     if 3 not in fields:
         raise CryptoError("serialised context holds no secret key")
     ctx = _deserialize_context(data)
@@ -333,7 +325,7 @@ def serialize_public_context(ctx: ts.Context) -> bytes:
             save_relin_keys=False,
         )
     )
-    if 3 in _parse_context_proto(data):  # defence in depth: never ship a secret
+    if 3 in ckks_wire.parse_context_proto(data):  # defence in depth: never ship a secret
         raise CryptoError("public context serialisation unexpectedly holds private data")
     return data
 
@@ -351,11 +343,13 @@ def load_public_context(data: bytes) -> ts.Context:
         CryptoError: If the bytes are malformed, hold secret-key material or
             evaluation keys, lack a public key, or are not CKKS.
     """
-    fields = _parse_context_proto(data)
+    fields = ckks_wire.parse_context_proto(data)
     if 3 in fields:
         raise CryptoError("public context must not contain a secret key")
     public_raw = fields[2][-1][1] if 2 in fields else b""
-    public = _parse_proto(public_raw if isinstance(public_raw, bytes) else b"", CryptoError)
+    public = ckks_wire.parse_proto(
+        public_raw if isinstance(public_raw, bytes) else b"", CryptoError
+    )
     for field_no, name in ((4, "relinearisation"), (5, "Galois")):
         if any(value for _, value in public.get(field_no, [])):
             raise CryptoError(f"public context must not contain {name} keys")
@@ -438,12 +432,12 @@ def encrypt_vector(
             f"max |value| {peak:.3g} exceeds the representable magnitude "
             f"{geom.max_magnitude:.3g} of this context"
         )
-    use_seeded = _select_seeded(ctx, seeded)
+    use_seeded = ckks_seeded.select_seeded(ctx, seeded)
     slots = geom.slot_count
     chunks = [arr[i : i + slots] for i in range(0, arr.size, slots)]
     try:
         if use_seeded:
-            encryptor = _seeded_encryptor(ctx)
+            encryptor = ckks_seeded.seeded_encryptor(ctx)
             return [encryptor.encrypt(chunk, geom.scale) for chunk in chunks]
         if not _has_public_key(ctx):
             raise CryptoError("context holds neither a secret nor a public key")
@@ -846,142 +840,8 @@ def _as_vector(values: object) -> np.ndarray:
     return arr
 
 
-# ---- strict protobuf wire-format reader (framing checks only, not crypto) ----
-
-
-def _read_varint(data: bytes, pos: int, error: type[CryptoError]) -> tuple[int, int]:
-    result = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(data):
-            raise error("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-    raise error("varint too long")
-
-
-def _parse_proto(data: bytes, error: type[CryptoError]) -> dict[int, list[tuple[int, int | bytes]]]:
-    """Split a protobuf message into ``{field: [(wire_type, value), ...]}``."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise error("expected bytes")
-    data = bytes(data)
-    fields: dict[int, list[tuple[int, int | bytes]]] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos, error)
-        field_no, wire = key >> 3, key & 7
-        if field_no == 0:
-            raise error("invalid protobuf field number")
-        value: int | bytes
-        if wire == 0:
-            value, pos = _read_varint(data, pos, error)
-        elif wire == 1:
-            if pos + 8 > len(data):
-                raise error("truncated fixed64 field")
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _read_varint(data, pos, error)
-            if pos + size > len(data):
-                raise error("truncated length-delimited field")
-            value, pos = data[pos : pos + size], pos + size
-        elif wire == 5:
-            if pos + 4 > len(data):
-                raise error("truncated fixed32 field")
-            value, pos = data[pos : pos + 4], pos + 4
-        else:
-            raise error(f"unsupported protobuf wire type {wire}")
-        fields.setdefault(field_no, []).append((wire, value))
-    return fields
-
-
-def _parse_context_proto(data: bytes) -> dict[int, list[tuple[int, int | bytes]]]:
-    """Frame-check a TenSEALContextProto (1 params, 2 public, 3 private, 4 type)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise CryptoError("serialised context must be non-empty bytes")
-    fields = _parse_proto(data, CryptoError)
-    expected_wire = {1: 2, 2: 2, 3: 2, 4: 0}
-    for field_no, entries in fields.items():
-        if field_no not in expected_wire or any(w != expected_wire[field_no] for w, _ in entries):
-            raise CryptoError("malformed CKKS context")
-    if 1 not in fields:
-        raise CryptoError("malformed CKKS context: no encryption parameters")
-    if fields.get(4, [(0, 0)])[-1][1] != 0:
-        raise CryptoError("only public-key (asymmetric) CKKS contexts are supported")
-    return fields
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _encode_vector_blob(size: int, seal_ciphertext: bytes, scale: float) -> bytes:
-    """Encode a TenSEAL CKKSVectorProto {1: [size], 2: [ciphertext], 3: scale}."""
-    sizes = _encode_varint(size)
-    return b"".join(
-        (
-            b"\x0a",
-            _encode_varint(len(sizes)),
-            sizes,
-            b"\x12",
-            _encode_varint(len(seal_ciphertext)),
-            seal_ciphertext,
-            b"\x19",
-            struct.pack("<d", scale),
-        )
-    )
-
-
-def _decode_vector_frame(blob: object, *, index: int) -> tuple[int, float]:
-    """Frame-check one blob; return its declared (size, scale)."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise CiphertextError(f"ciphertext {index} is not bytes")
-    try:
-        fields = _parse_proto(blob, CiphertextError)
-    except CiphertextError as exc:
-        raise CiphertextError(f"ciphertext {index} is malformed: {exc}") from None
-    if set(fields) - {1, 2, 3}:
-        raise CiphertextError(f"ciphertext {index} has unexpected fields")
-    sizes: list[int] = []
-    for wire, value in fields.get(1, []):
-        if wire == 0 and isinstance(value, int):
-            sizes.append(value)
-        elif wire == 2 and isinstance(value, bytes):
-            pos = 0
-            while pos < len(value):
-                size, pos = _read_varint(value, pos, CiphertextError)
-                sizes.append(size)
-        else:
-            raise CiphertextError(f"ciphertext {index} is malformed")
-    cts = fields.get(2, [])
-    scales = fields.get(3, [])
-    if len(sizes) != 1 or len(cts) != 1 or cts[0][0] != 2:
-        raise CiphertextError(f"blob {index} must hold exactly one ciphertext")
-    if len(scales) != 1 or scales[0][0] != 1 or not isinstance(scales[0][1], bytes):
-        raise CiphertextError(f"ciphertext {index} has no scale")
-    seal_bytes = cts[0][1]
-    if (
-        not isinstance(seal_bytes, bytes)
-        or len(seal_bytes) < _SEAL_HEADER_BYTES
-        or seal_bytes[:3] != _SEAL_MAGIC
-        or struct.unpack_from("<Q", seal_bytes, 8)[0] != len(seal_bytes)
-    ):
-        raise CiphertextError(f"ciphertext {index} has a malformed SEAL header")
-    (scale,) = struct.unpack("<d", scales[0][1])
-    return sizes[0], scale
-
-
 def _declared_size(blob: object, *, index: int) -> int:
-    return _decode_vector_frame(blob, index=index)[0]
+    return ckks_wire.decode_vector_frame(blob, index=index)[0]
 
 
 def _load_all(ctx: ts.Context, blobs: object, expected_length: int) -> list[ts.CKKSVector]:
@@ -1012,7 +872,7 @@ def _load_all(ctx: ts.Context, blobs: object, expected_length: int) -> list[ts.C
 def _load_one(
     ctx: ts.Context, geom: _Geometry, blob: object, *, index: int, size: int, max_bytes: int
 ) -> ts.CKKSVector:
-    declared, scale = _decode_vector_frame(blob, index=index)
+    declared, scale = ckks_wire.decode_vector_frame(blob, index=index)
     if len(blob) > max_bytes:  # type: ignore[arg-type]
         raise CkksParameterMismatchError(
             f"ciphertext {index} is larger than any ciphertext of this parameter set"
@@ -1064,106 +924,6 @@ def _parms_id_bytes(geom: _Geometry) -> bytes:
 
 def _log2(value: float) -> str:
     return f"{math.log2(value):.2f}" if value > 0 and math.isfinite(value) else "?"
-
-
-# ---- seeded symmetric encryption through tenseal.sealapi ----
-
-
-class _SeededEncryptor:
-    """SEAL symmetric-key encryptor whose ciphertexts serialise with a PRNG seed.
-
-    ``tenseal.sealapi`` only offers path-based I/O for SEAL objects, so key
-    material and ciphertexts pass through an anonymous in-memory file
-    (``memfd``); nothing touches a file system.  The secret-key file is
-    truncated and closed as soon as the key is loaded.
-    """
-
-    def __init__(self, ctx: ts.Context) -> None:
-        from tenseal import sealapi  # local: only needed on this path
-
-        seal_ctx = ctx.seal_context().data
-        key_fd = os.memfd_create("fedctx-ckks-key", os.MFD_CLOEXEC)
-        try:
-            path = f"/proc/self/fd/{key_fd}"
-            seal_ctx.key_context_data().parms().save(path)
-            parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
-            parms.load(path)
-            context = sealapi.SEALContext(parms, True, sealapi.SEC_LEVEL_TYPE.TC128)
-            if tuple(context.first_parms_id()) != tuple(seal_ctx.first_parms_id()):
-                raise CryptoError("sealapi context does not match the TenSEAL context")
-            ctx.secret_key().data.save(path)
-            secret_key = sealapi.SecretKey()
-            secret_key.load(context, path)
-        finally:
-            try:
-                os.ftruncate(key_fd, 0)
-            finally:
-                os.close(key_fd)
-        self._sealapi = sealapi
-        self._context = context
-        self._encoder = sealapi.CKKSEncoder(context)
-        self._encryptor = sealapi.Encryptor(context, secret_key)
-        self._lock = threading.Lock()
-        self._out_fd = os.memfd_create("fedctx-ckks-ct", os.MFD_CLOEXEC)
-        self._out_path = f"/proc/self/fd/{self._out_fd}"
-        weakref.finalize(self, os.close, self._out_fd)
-
-    def encrypt(self, chunk: np.ndarray, scale: float) -> bytes:
-        """Encrypt one chunk (<= slot_count values) into a TenSEAL vector blob."""
-        plain = self._sealapi.Plaintext()
-        self._encoder.encode(chunk.tolist(), scale, plain)
-        serializable = self._encryptor.encrypt_symmetric(plain)
-        with self._lock:
-            serializable.save(self._out_path)
-            seal_ct = os.pread(self._out_fd, os.fstat(self._out_fd).st_size, 0)
-        return _encode_vector_blob(int(chunk.size), seal_ct, scale)
-
-
-_SEEDED: weakref.WeakKeyDictionary[ts.Context, _SeededEncryptor] = weakref.WeakKeyDictionary()
-_SEEDED_LOCK = threading.Lock()
-
-
-def _seeded_available() -> bool:
-    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
-        return False
-    try:
-        from tenseal import sealapi
-    except ImportError:
-        return False
-    return hasattr(sealapi, "Encryptor")
-
-
-def _select_seeded(ctx: ts.Context, seeded: bool | None) -> bool:
-    if seeded is not None and not isinstance(seeded, bool):
-        raise ConfigError("seeded must be True, False or None")
-    if seeded is False:
-        return False
-    has_secret = bool(ctx.has_secret_key())
-    if not has_secret:
-        with _SEEDED_LOCK:  # the context was made public: forget the cached key
-            _SEEDED.pop(ctx, None)
-    possible = has_secret and _seeded_available()
-    if seeded is True and not possible:
-        raise CryptoError("seeded encryption needs the secret context and Linux memfd support")
-    if not possible:
-        _LOG.debug("seeded CKKS encryption unavailable; using public-key encryption")
-    return possible
-
-
-def _seeded_encryptor(ctx: ts.Context) -> _SeededEncryptor:
-    with _SEEDED_LOCK:
-        encryptor = _SEEDED.get(ctx)
-        if encryptor is None:
-            try:
-                encryptor = _SeededEncryptor(ctx)
-            except CryptoError:
-                raise
-            except Exception as exc:
-                raise CryptoError(
-                    f"cannot set up seeded encryption: {type(exc).__name__}"
-                ) from None
-            _SEEDED[ctx] = encryptor
-        return encryptor
 
 
 def slot_count(ctx: ts.Context) -> int:
