@@ -87,6 +87,18 @@ def test_rdp_orders_past_63_tighten_heavily_noised_plans_without_warning() -> No
     assert 0 < ours < defaults  # 0.034 against 0.106: the optimum order lies past 63
 
 
+def test_noise_search_for_a_large_budget_does_not_warn_about_its_probes() -> None:
+    # epsilon 108 (the central-noise arm's local budget): the bisection probes multipliers
+    # whose optimal RDP order is the smallest; the one it returns is not, so no warning.
+    plan = [PlannedRelease(sample_rate=12 / 256, steps=20)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sigma = noise_multiplier_for_budget(target_epsilon=108.1, target_delta=1e-5, plan=plan)
+        spent = epsilon_for_history([(sigma, 12 / 256, 20)], delta=1e-5)
+    assert 0.1 < sigma < 0.3
+    assert 108.1 - 0.01 <= spent <= 108.1
+
+
 def test_prv_tighter_than_rdp_on_known_setting() -> None:
     rdp = epsilon_for_history([(1.0, 0.01, 1000)], delta=1e-5, accountant="rdp")
     prv = epsilon_for_history([(1.0, 0.01, 1000)], delta=1e-5, accountant="prv")
