@@ -25,6 +25,7 @@ __all__ = ["SeededEncryptor", "seeded_available", "seeded_encryptor", "select_se
 
 _LOG = logging.getLogger(__name__)
 
+
 class SeededEncryptor:
     """SEAL symmetric-key encryptor whose ciphertexts serialise with a PRNG seed.
 

@@ -28,7 +28,6 @@ _SEAL_MAGIC: Final = b"\x5e\xa1\x10"
 _SEAL_HEADER_BYTES: Final = 16
 
 
-
 def read_varint(data: bytes, pos: int, error: type[CryptoError]) -> tuple[int, int]:
     result = 0
     for shift in range(0, 70, 7):
