@@ -29,6 +29,8 @@ _SEAL_HEADER_BYTES: Final = 16
 
 
 def read_varint(data: bytes, pos: int, error: type[CryptoError]) -> tuple[int, int]:
+    """``(value, next position)`` of the base-128 varint at ``pos``; ``error`` if it is
+    truncated or longer than 10 bytes."""
     result = 0
     for shift in range(0, 70, 7):
         if pos >= len(data):
@@ -92,6 +94,7 @@ def parse_context_proto(data: bytes) -> dict[int, list[tuple[int, int | bytes]]]
 
 
 def encode_varint(value: int) -> bytes:
+    """``value`` (>= 0) as a protobuf base-128 varint."""
     out = bytearray()
     while True:
         byte = value & 0x7F
