@@ -81,6 +81,7 @@ _SEEDED_LOCK = threading.Lock()
 
 
 def seeded_available() -> bool:
+    """Whether this host can make seeded ciphertexts (Linux ``memfd`` and ``sealapi``)."""
     if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
         return False
     try:
@@ -91,6 +92,9 @@ def seeded_available() -> bool:
 
 
 def select_seeded(ctx: ts.Context, seeded: bool | None) -> bool:
+    """Whether to encrypt seeded under ``ctx``: ``None`` where possible, ``True`` or a
+    :class:`CryptoError`, ``False`` never. A context whose secret key was dropped forgets
+    its cached encryptor (and with it the key)."""
     if seeded is not None and not isinstance(seeded, bool):
         raise ConfigError("seeded must be True, False or None")
     if seeded is False:
@@ -108,6 +112,8 @@ def select_seeded(ctx: ts.Context, seeded: bool | None) -> bool:
 
 
 def seeded_encryptor(ctx: ts.Context) -> SeededEncryptor:
+    """The encryptor cached for ``ctx`` (built once per context, thread-safe); a setup
+    failure is a :class:`CryptoError` naming only the exception's type."""
     with _SEEDED_LOCK:
         encryptor = _SEEDED.get(ctx)
         if encryptor is None:
