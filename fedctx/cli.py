@@ -196,42 +196,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("provision", help="create a throwaway CA and TLS certificates")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for the CA, server and participant keys")
     p.add_argument("--participants", nargs="+", required=True, help="participant ids (CNs)")
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--server-name", nargs="+", default=["localhost", "127.0.0.1"])
+    p.add_argument("--days", type=int, default=30, help="certificate validity (default 30)")
+    p.add_argument("--server-name", nargs="+", default=["localhost", "127.0.0.1"],
+                   help="DNS names / IPs in the coordinator's certificate")
     p.set_defaults(func=_cmd_provision)
 
     p = sub.add_parser("coordinator", help="run a coordinator")
-    p.add_argument("--config", required=True)
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--config", required=True, help="TOML with a [coordinator] table")
+    p.add_argument("--host", help="override the config's listen address")
+    p.add_argument("--port", type=int, help="override the config's port (0 = any free port)")
     p.add_argument("--port-file", help="write the bound port here (useful with port 0)")
-    p.add_argument("--grace-s", type=float, default=10.0)
+    p.add_argument("--grace-s", type=float, default=10.0,
+                   help="on SIGINT / SIGTERM, seconds in-flight calls get to finish")
     p.set_defaults(func=_cmd_coordinator)
 
     p = sub.add_parser("participant", help="join a federation as a participant")
-    p.add_argument("--config", required=True)
-    p.add_argument("--results")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--config", required=True,
+                   help="TOML with [participant], [participant.privacy], [participant.calibration]")
+    p.add_argument("--results",
+                   help="write the final report (accuracy, epsilon, bytes) as JSON here")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.set_defaults(func=_cmd_participant)
 
     p = sub.add_parser("demo", help="a real federation on loopback (coordinator + participants)")
-    p.add_argument("--participants", type=int, default=3)
+    p.add_argument("--participants", type=int, default=3, help="participant processes")
     p.add_argument("--task", default="bbc", help="built-in task name or task .toml")
     p.add_argument("--model", default="smollm2-135m", help="alias, folder, .gguf or HF id")
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N, mps")
     p.add_argument("--data-dir", default="", help="folder with train/test .jsonl or .csv")
     p.add_argument("--epsilon", type=float, default=8.0, help="per-participant budget; inf = off")
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--steps-per-round", type=int, default=12)
-    p.add_argument("--test-per-class", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=4, help="federated calibration rounds")
+    p.add_argument("--steps-per-round", type=int, default=12,
+                   help="local DP-SGD steps between two secure means")
+    p.add_argument("--test-per-class", type=int, default=40, help="held-out queries per class")
     p.add_argument("--vector-source", default="auto",
                    choices=["auto", "private", "public", "random", "zero"],
                    help="auto: the measured choice for the model under DP (public on "
                         "smollm2-135m), else the demonstrations' private vector")
     p.add_argument("--dirichlet-alpha", type=float, default=0.0, help="0 = IID split")
-    p.add_argument("--workdir", default="")
+    p.add_argument("--workdir", default="",
+                   help="keep the PKI, configs, state and results here (default: a temp folder)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("experiment", help="run a privacy-utility grid with baselines (resumable)")
@@ -249,9 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="classify texts with a calibrated task")
     p.add_argument("--calibrated", required=True, help="*-calibrated.pt from a participant")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="the model the task was calibrated on: alias, folder, .gguf or HF id")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
-    p.add_argument("--task", default="")
+    p.add_argument("--task", default="",
+                   help="built-in task name or task .toml (default: the one saved with it)")
     p.add_argument("--injection", choices=("auto", "fold", "hooks"), default="auto",
                    help="fold: merge the vector and coefficients into the attention / MLP output "
                         "projections once (no hook per layer; checked against the hooks); "
@@ -264,17 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("privacy", help="privacy ledger tools")
     psub = p.add_subparsers(dest="privacy_command", required=True)
     r = psub.add_parser("report", help="print a participant's ledger and epsilon spent")
-    r.add_argument("--ledger", required=True)
-    r.add_argument("--delta", type=float, default=1e-5)
-    r.add_argument("--budget", type=float, default=math.inf)
-    r.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
+    r.add_argument("--ledger", required=True, help="a participant's ledger .jsonl")
+    r.add_argument("--delta", type=float, default=1e-5, help="delta of the reported epsilon")
+    r.add_argument("--budget", type=float, default=math.inf, help="the budget epsilon, if any")
+    r.add_argument("--accountant", default="rdp", choices=["rdp", "prv"], help="Opacus accountant")
     r.set_defaults(func=_cmd_privacy_report)
 
     p = sub.add_parser("status", help="show a federation's state")
-    p.add_argument("--coordinator", required=True)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--ca", required=True)
+    p.add_argument("--coordinator", required=True, help="host:port")
+    p.add_argument("--cert", required=True, help="a roster member's client certificate (PEM)")
+    p.add_argument("--key", required=True, help="its private key (PEM)")
+    p.add_argument("--ca", required=True, help="the federation CA certificate (PEM)")
     p.set_defaults(func=_cmd_status)
     return parser
 
