@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = "fedctx.v1"
 ROUND_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # always .fullmatch()
-KINDS = frozenset({"context_vector", "coefficient_update", "adapter_update", "vector_sum"})
+KINDS = frozenset({"context_vector", "coefficient_update", "adapter_update", "vector_sum",
+                   "class_statistics"})
 MAX_PROTOCOL_PLAN_BYTES = 4096
 OPEN, CLOSED, FAILED = "open", "closed", "failed"
 

@@ -150,10 +150,11 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         # checked against the hooks on a probe before it is kept (participant/folding.py)
         fold_context(lm.model, sites, vector=vector, coefficients=coefficients)
         print("injection: folded into the output projections", file=sys.stderr)
-        labels = predict(lm, sites, task, texts)
+        labels = predict(lm, sites, task, texts, label_bias=saved.get("label_bias"))
     else:
         print("injection: forward hooks", file=sys.stderr)
-        labels = predict(lm, sites, task, texts, vector=vector, coefficients=coefficients)
+        labels = predict(lm, sites, task, texts, vector=vector, coefficients=coefficients,
+                         label_bias=saved.get("label_bias"))
     for text, label in zip(texts, labels, strict=True):
         print(f"{task.labels[label]}\t{text}")
     return 0

@@ -42,6 +42,8 @@ CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 NOISE_MODELS = ("local", "central_simulated")
 #: ``participant.calibration.CLIP_SCALES``, restated for the same reason.
 CLIP_SCALES = ("none", "residual", "residual_capped")
+#: ``participant.calibration.LABEL_BIASES``, restated for the same reason.
+LABEL_BIASES = ("none", "balanced")
 #: ``privacy.accounting.ACCOUNTANTS``, restated so that reading a config does not import
 #: Opacus (and torch); a unit test keeps the two equal.
 ACCOUNTANTS = ("rdp", "prv")
@@ -61,7 +63,7 @@ _NOT_SETTINGS = frozenset({
     "vector_sources", "controls_at_epsilon", "control_sources", "seeds", "baselines",
     "vector_clip_modes", "vector_denoise_modes", "coefficient_groups", "update_weightings",
     "calibration_optimizers", "max_grad_norms", "clip_quantiles", "clip_scales", "noise_seeds",
-    "noise_models",
+    "noise_models", "label_biases",
 })
 
 
@@ -131,6 +133,10 @@ class ExperimentConfig:
     #: linear function of the noisy gradient (the sum is then one Gaussian mechanism);
     #: local AdamW steps are not summable so, and such cells are not planned.
     noise_models: tuple[str, ...] = ("local",)
+    #: ``none`` (the papers) and / or ``balanced`` (``CalibrationConfig.label_bias``: a
+    #: class-balanced bias on the label logits from DP class statistics): an axis for
+    #: every fedctx cell but the controls.
+    label_biases: tuple[str, ...] = ("none",)
     #: The adaptive clip's geometric step (``CalibrationConfig.clip_learning_rate``).
     clip_learning_rate: float = 0.5
     test_per_class: int = 25
@@ -184,6 +190,9 @@ class ExperimentConfig:
         if unknown or not self.calibration_optimizers:
             raise ConfigError(f"calibration_optimizers must be a non-empty list of "
                               f"{CALIBRATION_OPTIMIZERS}, got {list(self.calibration_optimizers)}")
+        if not self.label_biases or not set(self.label_biases) <= set(LABEL_BIASES):
+            raise ConfigError(f"label_biases must be a non-empty list of {LABEL_BIASES}, "
+                              f"got {list(self.label_biases)}")
         if not self.noise_models or not set(self.noise_models) <= set(NOISE_MODELS):
             raise ConfigError(f"noise_models must be a non-empty list of {NOISE_MODELS}, "
                               f"got {list(self.noise_models)}")
@@ -240,6 +249,7 @@ class RunSpec:
     #: -1: noise from the OS-seeded generator; k >= 0: seeded (``ExperimentConfig.noise_seeds``)
     noise_seed: int = -1
     noise_model: str = "local"
+    label_bias: str = "none"
 
     def key(self) -> str:
         """Stable id used for resuming (fields at their defaults keep older keys valid)."""
@@ -249,7 +259,7 @@ class RunSpec:
                               ("calibration_optimizer", "local_adamw"),
                               ("max_grad_norm", 1.0), ("clip_quantile", 0.0),
                               ("clip_scale", "none"), ("noise_seed", -1),
-                              ("noise_model", "local")):
+                              ("noise_model", "local"), ("label_bias", "none")):
             if fields_[name] == default:
                 del fields_[name]
         return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -281,15 +291,15 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
                 if not (quantile and scale != "none")]  # not combined (CalibrationConfig)
             noise_seeds = (config.noise_seeds or (-1,)) if dp else (-1,)
             for (mode, denoise), groups, weighting, optimizer, (clip, quantile, scale), \
-                    noise_seed, noise_model in itertools.product(
+                    noise_seed, noise_model, label_bias in itertools.product(
                         modes, config.coefficient_groups, config.update_weightings,
                         config.calibration_optimizers, clips, noise_seeds,
-                        config.noise_models if dp else ("local",)):
+                        config.noise_models if dp else ("local",), config.label_biases):
                 if noise_model == "central_simulated" and optimizer != "global_adam":
                     continue  # not a sum of Gaussian mechanisms (ExperimentConfig)
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
                                     denoise, groups, weighting, optimizer, clip, quantile,
-                                    scale, noise_seed, noise_model))
+                                    scale, noise_seed, noise_model, label_bias))
         for source, groups, weighting, optimizer in itertools.product(
                 config.control_sources, config.coefficient_groups, config.update_weightings,
                 config.calibration_optimizers):
@@ -387,6 +397,8 @@ def describe(spec: RunSpec) -> str:
             extras.append(f"noise seed {spec.noise_seed}")
         if spec.noise_model != "local":
             extras.append("central noise, simulated")
+        if spec.label_bias != "none":
+            extras.append(f"{spec.label_bias} label bias")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
     if spec.coefficient_groups:
         what += f", {spec.coefficient_groups} coefficient groups"
@@ -547,7 +559,8 @@ class Harness:
                                  clip_learning_rate=c.clip_learning_rate,
                                  coefficient_groups=spec.coefficient_groups,
                                  update_weighting=spec.update_weighting,
-                                 optimizer=spec.calibration_optimizer)
+                                 optimizer=spec.calibration_optimizer,
+                                 label_bias=spec.label_bias)
 
     # -- methods ------------------------------------------------------------------------
     def _run_one(self, spec: RunSpec) -> dict[str, object]:
@@ -791,6 +804,12 @@ class Harness:
         ids, reports = self._loopback_federation(spec, run)
         first = reports[ids[0]]
         scores = first.scores["injected_calibrated"]  # type: ignore[attr-defined]
+        label_bias = {}
+        if spec.label_bias != "none":  # the cell's classifier; what calibration alone gave
+            label_bias = {"accuracy_without_label_bias": scores["accuracy"],
+                          "macro_f1_without_label_bias": scores["macro_f1"],
+                          "label_bias_values": first.label_bias}  # type: ignore[attr-defined]
+            scores = first.scores["injected_calibrated_label_bias"]  # type: ignore[attr-defined]
         rounds = [r for rep in reports.values() for r in rep.rounds  # type: ignore[attr-defined]
                   if "bytes_sent" in r]
         per_round = {
@@ -800,7 +819,7 @@ class Harness:
         } if rounds else {}
         shrinkage = {"vector_shrinkage": first.vector_shrinkage} \
             if first.vector_shrinkage else {}  # type: ignore[attr-defined]
-        return {**per_round, **shrinkage,
+        return {**per_round, **shrinkage, **label_bias,
             "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],
             "uncalibrated_accuracy": first.scores["injected_uncalibrated"]["accuracy"],  # type: ignore[attr-defined]
             "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]

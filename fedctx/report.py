@@ -181,7 +181,8 @@ def _series(row: dict[str, object]) -> str | None:
             ", global Adam" if row.get("calibration_optimizer") == "global_adam" else "",
             _clip(row), _noise_seed(row),
             ", central noise (simulated)" if row.get("noise_model") == "central_simulated"
-            else ""))
+            else "",
+            ", balanced label bias" if row.get("label_bias", "none") == "balanced" else ""))
         return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":
         return "dp_fedavg_lora"

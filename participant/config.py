@@ -90,8 +90,9 @@ class PrivacySettings:
                               f"generator) or a seed >= 0, got {self.insecure_noise_seed!r}")
 
     def noise_generator(self, stream: str) -> torch.Generator | None:
-        """A generator for one stream of DP noise (``vector`` or ``calibration``) seeded
-        from ``insecure_noise_seed``, or ``None`` (torch's OS-seeded generator) when unset."""
+        """A generator for one stream of DP noise (``vector``, ``calibration``,
+        ``label_bias``) seeded from ``insecure_noise_seed``, or ``None`` (torch's OS-seeded
+        generator) when unset."""
         if self.insecure_noise_seed < 0:
             return None
         digest = hashlib.sha256(f"{self.insecure_noise_seed}/{stream}".encode()).digest()

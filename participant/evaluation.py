@@ -56,11 +56,18 @@ def label_scores(
 def predict(
     lm: LoadedModel, sites: LayerSites, task: TaskSpec, texts: list[str], *,
     vector: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
-    batch_size: int = 16, progress: bool = False,
+    label_bias: torch.Tensor | None = None, batch_size: int = 16, progress: bool = False,
 ) -> list[int]:
-    """Class index per text: argmax of :func:`label_scores`."""
-    return label_scores(lm, sites, task, texts, vector=vector, coefficients=coefficients,
-                        batch_size=batch_size, progress=progress).argmax(dim=-1).tolist()
+    """Class index per text: argmax of :func:`label_scores`, plus ``label_bias [C]`` if
+    given (``CalibrationConfig.label_bias``)."""
+    scores = label_scores(lm, sites, task, texts, vector=vector, coefficients=coefficients,
+                          batch_size=batch_size, progress=progress)
+    if label_bias is not None:
+        if label_bias.shape != (len(task.labels),):
+            raise ValueError(f"label_bias must be [{len(task.labels)}], "
+                             f"got {tuple(label_bias.shape)}")
+        scores = scores + label_bias.float()
+    return scores.argmax(dim=-1).tolist()
 
 
 def score(predictions: list[int], labels: list[int], *, num_classes: int,
@@ -81,12 +88,13 @@ def score(predictions: list[int], labels: list[int], *, num_classes: int,
 def evaluate(
     lm: LoadedModel, sites: LayerSites, task: TaskSpec, examples: list[Example], *,
     vector: torch.Tensor | None = None, coefficients: torch.Tensor | None = None,
-    batch_size: int = 16, progress: bool = False,
+    label_bias: torch.Tensor | None = None, batch_size: int = 16, progress: bool = False,
 ) -> Scores:
     """Predict and score a labelled set."""
     start = time.perf_counter()
     predictions = predict(lm, sites, task, [e.text for e in examples], vector=vector,
-                          coefficients=coefficients, batch_size=batch_size, progress=progress)
+                          coefficients=coefficients, label_bias=label_bias,
+                          batch_size=batch_size, progress=progress)
     return score(predictions, [e.label for e in examples], num_classes=len(task.labels),
                  seconds=time.perf_counter() - start)
 

@@ -32,6 +32,8 @@ from privacy.accounting import PlannedRelease, epsilon_for_history, noise_multip
 from privacy.ckks_workers import CkksWorkers
 from privacy.denoise import james_stein_blocks
 from privacy.errors import BudgetExhaustedError
+from privacy.label_bias import SENSITIVITY as LABEL_STATISTICS_SENSITIVITY
+from privacy.label_bias import balanced_bias, release_class_statistics
 from privacy.ledger import PrivacyLedger
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
@@ -48,7 +50,7 @@ from .context_vectors import (
 )
 from .data import Example, balanced_sample, load_split, partition, read_records
 from .errors import ProtocolError
-from .evaluation import Scores, evaluate
+from .evaluation import Scores, evaluate, label_scores
 from .hooks import default_coefficients
 from .layers import layer_map_fingerprint, resolve_layer_sites
 from .model import load_model
@@ -77,6 +79,8 @@ class ParticipantReport:
     #: James-Stein factors applied to the vector's blocks (mean, min, max), if denoised.
     vector_shrinkage: dict[str, float] = field(default_factory=dict)
     rounds: list[dict[str, object]] = field(default_factory=list)
+    #: the class-balanced label bias added at inference (``label_bias = "balanced"``)
+    label_bias: list[float] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -102,8 +106,10 @@ def asdict_task(task: TaskSpec) -> dict[str, object]:
 
 def planned_releases(config: ParticipantConfig, *, records: int) -> list[PlannedRelease]:
     """Every release a participant with ``config`` and ``records`` calibration records
-    makes: the vector release (private source only; every demonstration, once) and the
-    calibration's DP-SGD steps (Poisson rate ``batch_size / records``, at most 1)."""
+    makes: the vector release (private source only; every demonstration, once), the
+    calibration's DP-SGD steps (Poisson rate ``batch_size / records``, at most 1) and,
+    with ``label_bias = "balanced"``, the class statistics (once, at their own rate and
+    fixed noise multiplier)."""
     releases = []
     if config.vector_source == "private":
         releases.append(PlannedRelease(sample_rate=1.0, steps=1))
@@ -111,6 +117,9 @@ def planned_releases(config: ParticipantConfig, *, records: int) -> list[Planned
     if cal.total_steps:
         rate = min(1.0, cal.batch_size / records)
         releases.append(PlannedRelease(sample_rate=rate, steps=cal.total_steps))
+    if cal.label_bias == "balanced":
+        releases.append(PlannedRelease(sample_rate=cal.label_bias_sample_rate, steps=1,
+                                       noise_multiplier=cal.label_bias_noise_multiplier))
     return releases
 
 
@@ -259,6 +268,10 @@ class Participant:
             "learning_rate": cal.learning_rate, "coefficient_groups": cal.coefficient_groups,
             "loss": cal.loss, "update_weighting": cal.update_weighting,
             "optimizer": cal.optimizer, "sgd_learning_rate": cal.sgd_learning_rate,
+            **({"label_bias": cal.label_bias,
+                "label_bias_sample_rate": cal.label_bias_sample_rate,
+                "label_bias_noise_multiplier": cal.label_bias_noise_multiplier}
+               if cal.label_bias != "none" else {}),
         })
 
     def join(self, federation: pb.GetFederationResponse, *,
@@ -446,10 +459,12 @@ class Participant:
 
         cached = self.fetch_cached_task() if cfg.use_cached_task else None
         if cached is not None:
-            vector, coefficients = cached
+            vector, coefficients, label_bias = cached
             report.rounds.append({"round": "task-cache", "contributions": 0})
             report.epsilon_spent = self.ledger.epsilon_spent()
-            self._finish(report, vector, coefficients, timings)
+            if label_bias is not None:
+                report.label_bias = [float(b) for b in label_bias]
+            self._finish(report, vector, coefficients, timings, label_bias=label_bias)
             return report
 
         start = time.perf_counter()
@@ -576,11 +591,67 @@ class Participant:
                 logger.info("[Participant] round=%s contributions=%d", round_id, count)
         coefficients = per_layer(coefficients, self.sites.num_layers)
         timings["calibration"] = time.perf_counter() - start
+        label_bias = None
+        if cfg.calibration.label_bias == "balanced":
+            start = time.perf_counter()
+            label_bias = self._label_bias_round(vector, coefficients, sigma=sigma,
+                                                federation=federation, report=report)
+            timings["label_bias"] = time.perf_counter() - start
         report.epsilon_spent = self.ledger.epsilon_spent()
         if cfg.cache_task and federation.keyholder_id == cfg.participant_id:
-            self.store_cached_task(vector, coefficients, federation, report)
-        self._finish(report, vector, coefficients, timings)
+            self.store_cached_task(vector, coefficients, federation, report,
+                                   label_bias=label_bias)
+        self._finish(report, vector, coefficients, timings, label_bias=label_bias)
         return report
+
+    def _label_bias_round(self, vector: torch.Tensor, coefficients: torch.Tensor, *,
+                          sigma: float, federation: pb.GetFederationResponse,
+                          report: ParticipantReport) -> torch.Tensor:
+        """Release this participant's class statistics under the calibrated model, sum
+        them with the others' through the secure mean, and return the class-balanced
+        label bias ``[C]`` (:mod:`privacy.label_bias`)."""
+        cfg, cal = self.config, self.config.calibration
+        round_id = f"label-bias-{cfg.vector_source}"
+        release = f"{cfg.federation_id}/{round_id}"
+        # under DP its own fixed multiplier (in the plan the common sigma was solved with)
+        noise_multiplier = cal.label_bias_noise_multiplier if sigma > 0 else 0.0
+        status = self.client.round(round_id)
+        if release not in {e.release_id for e in self.ledger.entries}:
+            self.ledger.reserve(
+                release_id=release, description="class statistics for the label bias",
+                noise_multiplier=noise_multiplier, sample_rate=cal.label_bias_sample_rate,
+                steps=1, sensitivity=f"L2 {LABEL_STATISTICS_SENSITIVITY:.4g} "
+                                     "(add/remove one record)")
+        num_classes = len(self.task.labels)
+        began = time.perf_counter()
+        statistics = torch.zeros(num_classes, num_classes + 1, dtype=torch.float64)
+        if not status.contributed:
+            generator = cfg.privacy.noise_generator("label_bias")
+            keep = torch.rand(len(self.records), generator=generator) \
+                < cal.label_bias_sample_rate  # Poisson sampling, as the accountant assumes
+            sampled = [e for e, k in zip(self.records, keep.tolist(), strict=True) if k]
+            probabilities = torch.empty(0, num_classes)
+            if sampled:
+                with self.compute_slot:
+                    probabilities = torch.softmax(label_scores(
+                        self.lm, self.sites, self.task, [e.text for e in sampled],
+                        vector=vector, coefficients=coefficients,
+                        batch_size=cfg.batch_size).double(), dim=-1)
+            labels = torch.tensor([e.label for e in sampled], dtype=torch.long)
+            statistics = release_class_statistics(probabilities, labels,
+                                                  noise_multiplier=noise_multiplier,
+                                                  generator=generator)
+        compute_s = time.perf_counter() - began
+        sent, waited_from = self.client.bytes_sent, time.perf_counter()
+        mean, count = self.secure_mean(round_id, statistics.numpy().ravel(),
+                                       kind="class_statistics", federation=federation,
+                                       release_id=release)
+        total = torch.from_numpy(mean * count).reshape(num_classes, num_classes + 1)
+        bias = balanced_bias(total)
+        report.label_bias = [float(b) for b in bias]
+        report.rounds.append(self._round_record(round_id, count, compute_s=compute_s,
+                                                sent_before=sent, waited_from=waited_from))
+        return bias
 
     # -- task cache -----------------------------------------------------------------------
     def task_id(self) -> str:
@@ -588,26 +659,33 @@ class Participant:
         return f"{self.task.name}.{self.config.vector_source}.{self.lm.fingerprint[:16]}"
 
     def store_cached_task(self, vector: torch.Tensor, coefficients: torch.Tensor,
-                          federation: pb.GetFederationResponse, report: ParticipantReport) -> None:
-        """Keyholder: encrypt the finished task and store it at the coordinator."""
+                          federation: pb.GetFederationResponse, report: ParticipantReport, *,
+                          label_bias: torch.Tensor | None = None) -> None:
+        """Keyholder: encrypt the finished task and store it at the coordinator. A label
+        bias ``[C]`` rides after the coefficients, encrypted like them (the coefficient
+        count covers both; the metadata says how many values are the bias)."""
         assert self.secret_context is not None
+        extra = label_bias.double().numpy().ravel() if label_bias is not None else np.zeros(0)
         values = np.concatenate([vector.double().numpy().ravel(),
-                                 coefficients.double().numpy().ravel()])
+                                 coefficients.double().numpy().ravel(), extra])
         metadata = {"task": asdict_task(self.task), "vector_source": self.config.vector_source,
                     "epsilon_spent_by_keyholder": report.epsilon_spent,
-                    "rounds": self.config.calibration.rounds}
+                    "rounds": self.config.calibration.rounds, "label_bias_count": extra.size}
         header = pb.TaskHeader(
             task_id=self.task_id(), task_name=self.task.name,
             model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
             ckks_context_fingerprint=federation.ckks_context_fingerprint,
-            vector_length=vector.numel(), coefficient_count=coefficients.numel(),
+            vector_length=vector.numel(), coefficient_count=coefficients.numel() + extra.size,
             metadata_json=json.dumps(metadata),
         )
         self.client.put_task(header, self.crypto().encrypt(values),
                              chunk_bytes=federation.chunk_bytes)
 
-    def fetch_cached_task(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The federation's cached task for this model, decrypted; None if absent."""
+    def fetch_cached_task(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """The federation's cached task for this model, decrypted: ``(vector, coefficients,
+        label bias or None)``; None if absent."""
         assert self.secret_context is not None
         found = self.client.get_task(self.task_id())
         if found is None:
@@ -617,15 +695,23 @@ class Participant:
                                                                          self.layer_fp):
             raise ProtocolError("the cached task was made for another model or layer map")
         length = header.vector_length + header.coefficient_count
+        bias_count = json.loads(header.metadata_json or "{}").get("label_bias_count", 0)
+        if bias_count not in (0, len(self.task.labels)):
+            raise ProtocolError(f"the cached task's label bias has {bias_count} values, "
+                                f"the task {len(self.task.labels)} labels")
         values = self.crypto().decrypt(blobs, length=length)
         vector = torch.from_numpy(values[: header.vector_length]).float().reshape(
             2, self.sites.num_layers, self.sites.hidden_size)
-        coefficients = torch.from_numpy(values[header.vector_length :]).float().reshape(
+        rest = values[header.vector_length :]
+        coefficients = torch.from_numpy(rest[: rest.size - bias_count]).float().reshape(
             self.sites.num_layers, 4)
-        return vector, coefficients
+        label_bias = torch.from_numpy(rest[rest.size - bias_count :]).float() \
+            if bias_count else None
+        return vector, coefficients, label_bias
 
     def _finish(self, report: ParticipantReport, vector: torch.Tensor,
-                coefficients: torch.Tensor, timings: dict[str, float]) -> None:
+                coefficients: torch.Tensor, timings: dict[str, float], *,
+                label_bias: torch.Tensor | None = None) -> None:
         cfg, task = self.config, self.task
         if cfg.evaluate:
             labelled = read_records(Path(cfg.test_file), task) if cfg.test_file else \
@@ -646,14 +732,21 @@ class Participant:
                         self.lm, self.sites, task, test, vector=vector,
                         coefficients=coefficients, batch_size=cfg.batch_size),
                 }
+                if label_bias is not None:
+                    runs["injected_calibrated_label_bias"] = evaluate(
+                        self.lm, self.sites, task, test, vector=vector,
+                        coefficients=coefficients, label_bias=label_bias,
+                        batch_size=cfg.batch_size)
             report.scores = {k: asdict(v) for k, v in runs.items()}
             timings["evaluation"] = time.perf_counter() - start
         report.bytes_sent = self.client.bytes_sent
         report.bytes_received = self.client.bytes_received
         report.seconds = timings
-        torch.save({"vector": vector, "coefficients": coefficients, "task": task.name,
-                    "model_fingerprint": self.lm.fingerprint, "layer_map": self.layer_fp},
-                   self.state_dir / f"{cfg.federation_id}-{task.name}-calibrated.pt")
+        saved = {"vector": vector, "coefficients": coefficients, "task": task.name,
+                 "model_fingerprint": self.lm.fingerprint, "layer_map": self.layer_fp}
+        if label_bias is not None:
+            saved["label_bias"] = label_bias
+        torch.save(saved, self.state_dir / f"{cfg.federation_id}-{task.name}-calibrated.pt")
         if cfg.results_file:
             Path(cfg.results_file).write_text(json.dumps(asdict(report), indent=2))
 

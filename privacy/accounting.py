@@ -35,16 +35,32 @@ class PlannedRelease:
     Attributes:
         sample_rate: Poisson sampling rate of records per step (1.0 = every record).
         steps: how many times the mechanism is applied.
+        noise_multiplier: ``None`` (default): the plan's common multiplier, which
+            :func:`noise_multiplier_for_budget` solves for. A number: this release's own,
+            fixed multiplier, composed with the others, e.g. for a few class counts that
+            afford far more noise than DP-SGD's steps.
     """
 
     sample_rate: float
     steps: int
+    noise_multiplier: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.sample_rate <= 1:
             raise ConfigError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.noise_multiplier is not None and not 0 < self.noise_multiplier < math.inf:
+            raise ConfigError("a fixed noise_multiplier must be finite and > 0, "
+                              f"got {self.noise_multiplier}")  # NaN too
+
+
+def history_of(plan: Sequence[PlannedRelease],
+               noise_multiplier: float) -> list[tuple[float, float, int]]:
+    """Opacus history entries ``(noise multiplier, sample rate, steps)`` of ``plan`` run at
+    the common ``noise_multiplier`` (releases with a fixed multiplier keep theirs)."""
+    return [(noise_multiplier if r.noise_multiplier is None else r.noise_multiplier,
+             r.sample_rate, r.steps) for r in plan]
 
 
 def epsilon_for_history(
@@ -94,7 +110,8 @@ def noise_multiplier_for_budget(
             the new plan gets only what they left of the budget.
 
     Returns:
-        The noise multiplier (std / sensitivity) to use for every release in the plan.
+        The common noise multiplier (std / sensitivity) for every release of the plan
+        without a fixed one.
     """
     if not plan:
         raise ConfigError("plan must contain at least one release")
@@ -109,7 +126,7 @@ def noise_multiplier_for_budget(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Optimal order is the")
             return epsilon_for_history(
-                [*prior_history, *((sigma, r.sample_rate, r.steps) for r in plan)],
+                [*prior_history, *history_of(plan, sigma)],
                 delta=target_delta, accountant=accountant,
             )
 
@@ -128,7 +145,7 @@ def noise_multiplier_for_budget(
             high = mid
         if target_epsilon - eps(high) < epsilon_tolerance or high - low < 1e-6:
             break
-    epsilon_for_history([*prior_history, *((high, r.sample_rate, r.steps) for r in plan)],
+    epsilon_for_history([*prior_history, *history_of(plan, high)],
                         delta=target_delta, accountant=accountant)  # warns if its bound is loose
     return high
 
@@ -165,5 +182,5 @@ def epsilon_of_central_noise(
                                         target_delta=target_delta, plan=plan,
                                         accountant=accountant)
     share = sigma / math.sqrt(participants)
-    return epsilon_for_history([(share, r.sample_rate, r.steps) for r in plan],
-                               delta=target_delta, accountant=accountant)
+    return epsilon_for_history(history_of(plan, share), delta=target_delta,
+                               accountant=accountant)

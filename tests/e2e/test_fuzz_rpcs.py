@@ -396,7 +396,7 @@ def _random_header_value(name: str, data: bytes, fed: Fed, draw: Any) -> Any:
     if name == "kind":
         return draw(st.one_of(texts, st.sampled_from(
             ["context_vector", "coefficient_update", "adapter_update", "vector_sum",
-             "Context_Vector", "context_vector "])))
+             "class_statistics", "Context_Vector", "context_vector "])))
     if name == "ckks_context_fingerprint":
         return draw(st.one_of(texts, st.just(ckks.context_fingerprint(fed.foreign_public)),
                               st.just(fed.fingerprint.upper())))

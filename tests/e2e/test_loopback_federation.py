@@ -323,3 +323,95 @@ def test_participants_sharing_one_compute_slot_take_turns_without_deadlock(
     # per participant: model load, reference, demonstrations, 2 calibration rounds, evaluation
     assert slot.entries == 2 * 6
     assert slot.max_holders == 1
+
+
+def test_the_label_bias_round_releases_class_statistics_once_and_caches_the_bias(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    import dataclasses
+    import json
+    import math
+
+    from participant.calibration import CalibrationConfig
+    from participant.federation import Participant
+
+    server = coordinator_factory()
+    calibration = CalibrationConfig(rounds=2, steps_per_round=2, batch_size=4,
+                                    label_bias="balanced")
+    configs = [
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            vector_source="public", calibration=calibration)
+        for pid in ("org1", "org2")
+    ]
+    reports = _run_all(configs)
+    for pid, report in reports.items():
+        assert [r["round"] for r in report.rounds] == [
+            "calib-public-1", "calib-public-2", "label-bias-public"]
+        assert all(r["contributions"] == 2 for r in report.rounds)
+        assert 0 < report.epsilon_spent <= 4.0 + 1e-6, pid
+        assert len(report.label_bias) == 2 and all(map(math.isfinite, report.label_bias))
+        assert "injected_calibrated_label_bias" in report.scores
+        entries = [json.loads(line) for line in
+                   next((tmp_path / pid / "ledger").glob("*.jsonl")).read_text().splitlines()]
+        (reserve,) = [e for e in entries if e.get("event") == "reserve"
+                      and e["release_id"].endswith("/label-bias-public")]
+        assert reserve["sample_rate"] == 0.25
+        assert reserve["noise_multiplier"] == 5.0  # fixed; the common one is solved beside it
+        assert report.noise_multiplier != 5.0
+    # the participants decrypted one sum of statistics, so they hold one bias
+    assert reports["org1"].label_bias == pytest.approx(reports["org2"].label_bias, abs=1e-4)
+    saved = torch.load(tmp_path / "org2" / "fed-test-sst2-calibrated.pt", weights_only=True)
+    torch.testing.assert_close(saved["label_bias"], torch.tensor(reports["org2"].label_bias))
+
+    # the keyholder cached the bias with the task; a reuse gets it back, releasing nothing
+    again = Participant(dataclasses.replace(configs[1], use_cached_task=True))
+    try:
+        report = again.run()
+    finally:
+        again.close()
+    assert [r["round"] for r in report.rounds] == ["task-cache"]
+    assert report.epsilon_spent == reports["org2"].epsilon_spent
+    assert report.label_bias == pytest.approx(reports["org2"].label_bias, abs=1e-4)
+
+
+def test_without_dp_the_label_bias_is_that_of_the_participants_summed_statistics(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path
+) -> None:
+    """The encrypted path sums what each participant computed: rebuilding the statistics
+    from the same (seeded) samples in plaintext gives the same bias."""
+    import math
+
+    from participant.calibration import CalibrationConfig
+    from participant.config import PrivacySettings
+    from participant.evaluation import label_scores
+    from participant.federation import Participant
+    from privacy.label_bias import balanced_bias, class_statistics
+
+    server = coordinator_factory()
+    calibration = CalibrationConfig(rounds=1, steps_per_round=1, batch_size=4,
+                                    label_bias="balanced", label_bias_sample_rate=0.5)
+    configs = [
+        _participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                            vector_source="public", calibration=calibration,
+                            privacy=PrivacySettings(target_epsilon=math.inf,
+                                                    insecure_noise_seed=11))
+        for pid in ("org1", "org2")
+    ]
+    reports = _run_all(configs)
+    saved = torch.load(tmp_path / "org1" / "fed-test-sst2-calibrated.pt", weights_only=True)
+    total = 0
+    for config in configs:
+        participant = Participant(config)
+        try:
+            keep = torch.rand(len(participant.records),
+                              generator=config.privacy.noise_generator("label_bias")) < 0.5
+            sampled = [e for e, k in zip(participant.records, keep.tolist(), strict=True) if k]
+            logits = label_scores(participant.lm, participant.sites, participant.task,
+                                  [e.text for e in sampled], vector=saved["vector"],
+                                  coefficients=saved["coefficients"])
+            total = total + class_statistics(torch.softmax(logits.double(), -1),
+                                             torch.tensor([e.label for e in sampled]))
+        finally:
+            participant.close()
+    expected = balanced_bias(total)
+    assert reports["org1"].label_bias == pytest.approx(expected.tolist(), abs=1e-3)

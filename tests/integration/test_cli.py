@@ -76,6 +76,16 @@ def test_infer_folded_and_hooked_give_the_same_labels(  # type: ignore[no-untype
                        for i, t in zip(injected.argmax(-1).tolist(), texts, strict=True))
     assert outputs == {"hooks": expected, "fold": expected, "auto": expected}
 
+    # a saved label bias (CalibrationConfig.label_bias) is applied however it injects
+    margin = (injected[:, 1] - injected[:, 0]).abs().max().item()
+    torch.save({"vector": vector, "coefficients": coefficients, "task": "sst2",
+                "model_fingerprint": lm.fingerprint, "layer_map": layer_map_fingerprint(sites),
+                "label_bias": torch.tensor([2 * margin + 1.0, 0.0])}, calibrated)
+    for injection in ("hooks", "fold"):
+        assert main(["infer", "--calibrated", str(calibrated), "--model", str(tiny_llama_dir),
+                     "--injection", injection, *texts]) == 0
+        assert capsys.readouterr().out == "".join(f"{task.labels[0]}\t{t}\n" for t in texts)
+
 
 def test_config_errors_are_clear(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from fedctx.cli import main

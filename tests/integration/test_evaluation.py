@@ -30,6 +30,13 @@ def test_predictions_are_the_argmax_of_the_label_scores(tiny_llama_dir: Path,
                    coefficients=coefficients) == injected.argmax(-1).tolist()
     assert label_scores(lm, sites, task, []).shape == (0, len(task.labels))
 
+    # a label bias shifts the argmax: a large one for label 1 makes every prediction 1
+    bias = torch.tensor([0.0, 1e4])
+    assert predict(lm, sites, task, texts, label_bias=bias) == [1] * len(texts)
+    assert predict(lm, sites, task, texts, label_bias=torch.zeros(2)) == plain.argmax(-1).tolist()
+    with pytest.raises(ValueError, match="label_bias must be"):
+        predict(lm, sites, task, texts, label_bias=torch.zeros(3))
+
 
 def test_score_accuracy_and_macro_f1() -> None:
     from participant.evaluation import score

@@ -309,3 +309,31 @@ def test_central_noise_cell_gives_each_participant_its_share_of_the_noise(
             target_epsilon=shared.privacy.target_epsilon, target_delta=1e-5, plan=plan)
         assert share == pytest.approx(sigma / math.sqrt(10), rel=0.02)
         assert shared.calibration == participant.calibration
+
+
+def test_the_label_bias_axis_adds_fedctx_cells_but_not_controls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``label_biases`` multiplies the fedctx cells with and without DP (the bias is a
+    release of its own, not a DP-SGD setting) but not the controls or baselines, keeps the
+    default cells' keys, reaches calibration, is named by ``describe``; an unknown value
+    is refused."""
+    import participant.calibration
+    from fedctx.experiment import LABEL_BIASES, Harness
+    from privacy.errors import ConfigError
+
+    assert LABEL_BIASES == participant.calibration.LABEL_BIASES  # restated: --plan torch-free
+    base = ExperimentConfig(name="b", tasks=("sst2",), epsilons=(math.inf, 8.0),
+                            vector_sources=("public",), control_sources=("zero",),
+                            baselines=("zero_shot",))
+    both = dataclasses.replace(base, label_biases=("none", "balanced"))
+    old, new = plan_runs(base), plan_runs(both)
+    assert [r.key() for r in new if r.label_bias == "none"] == [r.key() for r in old]
+    added = [r for r in new if r.label_bias == "balanced"]
+    assert sorted((r.epsilon, r.vector_source) for r in added) == [
+        (8.0, "public"), (math.inf, "public")]
+    assert len({r.key() for r in new}) == len(new)
+    assert Harness(both, tmp_path)._calibration(added[0]).label_bias == "balanced"
+    dp = next(r for r in added if r.epsilon == 8.0)
+    assert describe(dp).endswith("fedctx public (eps=8, balanced label bias)")
+    for bad in ((), ("none", "prior")):
+        with pytest.raises(ConfigError, match="label_biases"):
+            dataclasses.replace(base, label_biases=bad)

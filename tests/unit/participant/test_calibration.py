@@ -260,6 +260,16 @@ def test_adaptive_clip_moves_towards_its_quantile_over_the_expected_batch(
     assert calibrator.clip == pytest.approx(before * math.exp(-0.2 * 0.25), rel=1e-6)
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("label_bias", "prior"), ("label_bias_sample_rate", 0.0),
+    ("label_bias_sample_rate", 1.5), ("label_bias_sample_rate", float("nan")),
+    ("label_bias_noise_multiplier", 0.0), ("label_bias_noise_multiplier", float("inf")),
+])
+def test_config_rejects_bad_label_bias_settings(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        CalibrationConfig(**{field: value})  # type: ignore[arg-type]
+
+
 def test_config_rejects_a_clip_quantile_outside_0_1_and_a_bad_clip_rate() -> None:
     for quantile in (-0.1, 1.0, float("nan")):
         with pytest.raises(ConfigError, match="clip_quantile"):

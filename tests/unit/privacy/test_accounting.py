@@ -13,6 +13,7 @@ from privacy.accounting import (
     PlannedRelease,
     epsilon_for_history,
     epsilon_of_central_noise,
+    history_of,
     noise_multiplier_for_budget,
 )
 from privacy.errors import ConfigError
@@ -164,7 +165,27 @@ def test_planned_release_validation(sample_rate: float, steps: int) -> None:
 
 def test_planned_release_accepts_full_batch() -> None:
     r = PlannedRelease(sample_rate=1.0, steps=1)
-    assert (r.sample_rate, r.steps) == (1.0, 1)
+    assert (r.sample_rate, r.steps, r.noise_multiplier) == (1.0, 1, None)
+
+
+@pytest.mark.parametrize("noise_multiplier", [0.0, -1.0, math.inf, math.nan])
+def test_planned_release_refuses_a_bad_fixed_multiplier(noise_multiplier: float) -> None:
+    with pytest.raises(ConfigError, match="noise_multiplier"):
+        PlannedRelease(sample_rate=0.5, steps=1, noise_multiplier=noise_multiplier)
+
+
+def test_a_release_with_a_fixed_multiplier_is_composed_not_solved_for() -> None:
+    plan = [PlannedRelease(12 / 256, 20), PlannedRelease(0.25, 1, noise_multiplier=5.0)]
+    sigma = noise_multiplier_for_budget(target_epsilon=1.0, target_delta=1e-5, plan=plan)
+    assert history_of(plan, sigma) == [(sigma, 12 / 256, 20), (5.0, 0.25, 1)]
+    assert 1.0 - 0.01 < epsilon_for_history(history_of(plan, sigma), delta=1e-5) <= 1.0
+    # the heavily noised release costs a little beside the steps; at the common
+    # multiplier it would cost much more
+    alone = noise_multiplier_for_budget(target_epsilon=1.0, target_delta=1e-5, plan=plan[:1])
+    common = noise_multiplier_for_budget(
+        target_epsilon=1.0, target_delta=1e-5,
+        plan=[plan[0], PlannedRelease(0.25, 1)])
+    assert alone < sigma < 1.05 * alone < common
 
 
 # ------------------------------------------------------- noise_multiplier_for_budget

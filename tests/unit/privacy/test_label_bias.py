@@ -1,0 +1,111 @@
+"""The class-balanced label bias: statistics, their sensitivity, the estimate, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privacy.errors import ConfigError
+from privacy.label_bias import (
+    SENSITIVITY,
+    balanced_bias,
+    class_statistics,
+    release_class_statistics,
+)
+
+
+def _records(n: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    probabilities = torch.softmax(torch.randn(n, num_classes, generator=g) * 2, dim=-1)
+    return probabilities, torch.randint(0, num_classes, (n,), generator=g)
+
+
+def test_statistics_sum_probabilities_and_count_per_true_class() -> None:
+    probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    stats = class_statistics(probabilities, torch.tensor([0, 0, 1]))
+    assert stats.dtype == torch.float64
+    torch.testing.assert_close(stats, torch.tensor([[1.5, 0.5, 2.0], [0.2, 0.8, 1.0]],
+                                                   dtype=torch.float64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), num_classes=st.integers(2, 6), seed=st.integers(0, 10_000))
+def test_one_record_moves_the_statistics_by_at_most_the_sensitivity(
+        n: int, num_classes: int, seed: int) -> None:
+    probabilities, labels = _records(n, num_classes, seed)
+    full = class_statistics(probabilities, labels)
+    without_last = class_statistics(probabilities[:-1], labels[:-1])
+    assert float((full - without_last).norm()) <= SENSITIVITY + 1e-12
+
+
+def test_a_prior_that_ignores_the_input_is_removed_in_one_step() -> None:
+    # every record, whatever its class, is predicted 0.8 / 0.15 / 0.05: pure prior shift
+    probabilities = torch.tensor([[0.8, 0.15, 0.05]]).repeat(60, 1)
+    labels = torch.arange(60) % 3
+    bias = balanced_bias(class_statistics(probabilities, labels))
+    corrected = torch.softmax(probabilities.log() + bias, dim=-1)
+    torch.testing.assert_close(corrected.mean(0), torch.full((3,), 1 / 3), atol=1e-6, rtol=0)
+
+
+def test_the_bias_weights_classes_equally_not_by_their_counts() -> None:
+    probabilities, labels = _records(200, 3, seed=1)
+    stats = class_statistics(probabilities, labels)
+    reweighted = stats.clone()
+    reweighted[0] *= 7.0  # seven times the records of class 0, same conditional means
+    torch.testing.assert_close(balanced_bias(reweighted), balanced_bias(stats))
+
+
+def test_the_bias_recovers_balanced_accuracy_of_a_skewed_classifier() -> None:
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(3000) % 3
+    logits = torch.nn.functional.one_hot(labels, 3).float() * 1.5 + torch.randn(3000, 3,
+                                                                                 generator=g)
+    skewed = logits + torch.tensor([2.0, 0.0, -1.0])  # what a biased calibration adds
+    before = (skewed.argmax(-1) == labels).float().mean()
+    bias = balanced_bias(class_statistics(torch.softmax(skewed, -1), labels))
+    after = ((skewed + bias).argmax(-1) == labels).float().mean()
+    assert after > before + 0.15
+    assert bias[0] < bias[1] < bias[2]
+
+
+def test_release_adds_noise_of_the_stated_scale() -> None:
+    probabilities, labels = _records(40, 2, seed=5)
+    exact = class_statistics(probabilities, labels)
+    torch.testing.assert_close(release_class_statistics(probabilities, labels,
+                                                        noise_multiplier=0.0), exact)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([release_class_statistics(probabilities, labels, noise_multiplier=3.0,
+                                                  generator=g) - exact for _ in range(2000)])
+    assert abs(float(draws.std()) - 3.0 * math.sqrt(2)) < 0.1
+
+
+def test_noisy_statistics_give_a_bounded_bias() -> None:
+    stats = torch.tensor([[-4.0, 9.0, -2.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    bias = balanced_bias(stats)
+    assert torch.isfinite(bias).all()
+    assert float(bias.max()) <= math.log(1000 / 2) + 1e-5
+
+
+@pytest.mark.parametrize(("probabilities", "labels", "match"), [
+    (torch.ones(3), torch.zeros(3, dtype=torch.long), "must be"),
+    (torch.full((2, 2), 0.5), torch.tensor([0, 2]), "labels must lie"),
+    (torch.tensor([[0.9, 0.9]]), torch.tensor([0]), "sum to at most 1"),
+    (torch.tensor([[float("nan"), 0.5]]), torch.tensor([0]), "finite"),
+])
+def test_bad_records_are_refused(probabilities: torch.Tensor, labels: torch.Tensor,
+                                 match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        class_statistics(probabilities, labels)
+
+
+@pytest.mark.parametrize("stats", [
+    torch.zeros(2, 2, dtype=torch.float64),
+    torch.tensor([[float("nan"), 0.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64),
+])
+def test_bad_statistics_are_refused(stats: torch.Tensor) -> None:
+    with pytest.raises(ConfigError):
+        balanced_bias(stats)
