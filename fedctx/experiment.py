@@ -32,6 +32,9 @@ from privacy.errors import ConfigError
 METHODS_FEDERATED = "fedctx"
 #: Named in ``baselines`` but run once per epsilon, as a real federation (DP-FedAvg-LoRA).
 METHOD_LORA = "dp_fedavg_lora"
+#: What ``baselines`` may name (each a ``Harness._baseline_*``; non-private fedctx is the
+#: ``inf`` entry of ``epsilons``, not a baseline).
+BASELINES = ("zero_shot", "few_shot", "local_only", "centralised", METHOD_LORA)
 #: ``participant.calibration.UPDATE_WEIGHTINGS``, restated so that reading a config (and
 #: ``--plan``) does not import torch; a unit test keeps the two equal.
 UPDATE_WEIGHTINGS = ("uniform", "precision")
@@ -162,6 +165,9 @@ class ExperimentConfig:
     lora_learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
+        if unknown := sorted(set(self.baselines) - set(BASELINES)):
+            raise ConfigError(f"baselines {unknown} are not among {list(BASELINES)} "
+                              "(non-private fedctx is epsilon inf in epsilons)")
         if self.evaluation_split not in ("test", "validation"):
             raise ConfigError("evaluation_split must be 'test' or 'validation', "
                               f"got {self.evaluation_split!r}")

@@ -337,3 +337,14 @@ def test_the_label_bias_axis_adds_fedctx_cells_but_not_controls(tmp_path) -> Non
     for bad in ((), ("none", "prior")):
         with pytest.raises(ConfigError, match="label_biases"):
             dataclasses.replace(base, label_biases=bad)
+
+
+def test_an_unknown_baseline_is_refused_when_the_config_is_read() -> None:
+    """A misspelt or invented baseline used to be planned and then fail as a cell (it has
+    no runner); it is a config error now, naming what is allowed."""
+    from fedctx.experiment import BASELINES, Harness
+    from privacy.errors import ConfigError
+
+    assert all(hasattr(Harness, f"_baseline_{name}") for name in BASELINES)
+    with pytest.raises(ConfigError, match=r"baselines \['fedctx_no_dp'\] are not among"):
+        ExperimentConfig(name="b", tasks=("sst2",), baselines=("zero_shot", "fedctx_no_dp"))
