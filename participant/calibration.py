@@ -163,7 +163,7 @@ class CalibrationConfig:
             common one, :class:`privacy.accounting.PlannedRelease`). Counts of tens to
             hundreds of records afford far more noise than a DP-SGD step: at 5 (rate 0.25)
             the release raised calibration's noise multiplier by at most 2.5% at epsilon 1
-            and 0.3% at epsilon 8 on docs/results.md's splits. A fixed multiplier rather
+            and 0.1% at epsilon 8 on docs/results.md's splits. A fixed multiplier rather
             than a multiple of each participant's own: a participant with few records
             needs a large common one, and its share would dominate the summed statistics'
             noise (docs/results.md §10, §31).
