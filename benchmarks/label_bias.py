@@ -16,7 +16,10 @@ cached cells without running them again:
   multiplier ``--noise-multipliers`` (one column each) to its statistics *locally* (the
   threat model's noise) and they are summed; mean ± std over ``--draws`` noise draws, and
   the largest factor by which the release, composed by a participant's accountant with
-  calibration's steps, raised that participant's calibration noise (``x1.000`` = free).
+  calibration's steps, raised that participant's calibration noise (``x1.000`` = free);
+  ``--prior-stds`` adds a column per shrinkage of the noisy class rows towards uniform
+  (``balanced_bias``'s ``prior_count``, in stds of the summed noise; every column of one
+  multiplier sees the same noise draws).
 
 Each participant Poisson-samples its records at ``--sample-rate``. Central-noise analysis
 cells get the same noise and no cost column (their budget is not the row's epsilon). The
@@ -67,7 +70,7 @@ def main() -> None:
     from fedctx.report import load_rows
     from participant.evaluation import label_scores, score
     from privacy.accounting import PlannedRelease, noise_multiplier_for_budget
-    from privacy.label_bias import SENSITIVITY, balanced_bias, class_statistics
+    from privacy.label_bias import SENSITIVITY, balanced_bias, class_statistics, summed_noise_std
     from privacy.noise import add_gaussian_noise
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -78,6 +81,9 @@ def main() -> None:
     parser.add_argument("--noise-multipliers", type=float, nargs="+", default=[5.0],
                         help="the statistics' noise multiplier, one column each (the protocol's "
                              "CalibrationConfig.label_bias_noise_multiplier is 5)")
+    parser.add_argument("--prior-stds", type=float, nargs="+", default=[0.0],
+                        help="the shrinkage's pseudo-count in stds of the summed noise "
+                             "(balanced_bias's prior_count; one column each per multiplier)")
     parser.add_argument("--draws", type=int, default=20, help="noise draws per setting")
     parser.add_argument("--tasks", nargs="+", default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -143,14 +149,15 @@ def main() -> None:
                  f"{100 * accuracy(oracle):.1f}", f"{100 * accuracy(exact):.1f}"]
         central = row.get("noise_model", "local") != "local"
         steps = config.rounds * config.steps_per_round
-        noise = torch.Generator().manual_seed(104729 + int(row["seed"]))
-
-        def dp_reading(stds, cost, noise=noise, per_participant=per_participant):  # type: ignore[no-untyped-def]
+        def dp_reading(stds, cost, prior_count, seed=int(row["seed"]),  # type: ignore[no-untyped-def]
+                       per_participant=per_participant):
+            # the same draws for every column: the shrinkage columns are paired
+            noise = torch.Generator().manual_seed(104729 + seed)
             draws = []
             for _ in range(args.draws):
                 noisy = sum(add_gaussian_noise(s, std=std, generator=noise)
                             for s, std in zip(per_participant, stds, strict=True))
-                draws.append(accuracy(balanced_bias(noisy)))
+                draws.append(accuracy(balanced_bias(noisy, prior_count=prior_count)))
             mean = sum(draws) / len(draws)
             spread = (sum((d - mean) ** 2 for d in draws) / max(1, len(draws) - 1)) ** 0.5
             return f"{100 * mean:.1f} ± {100 * spread:.1f} ({cost})"
@@ -175,13 +182,16 @@ def main() -> None:
                         sample_rate=args.sample_rate, steps=1, noise_multiplier=multiplier)],
                         **budget) / noise_multiplier_for_budget(plan=plan, **budget))
                 cost = f"x{max(ratios):.3f}"
-            cells.append(dp_reading([std] * len(per_participant), cost))
+            for prior_std in args.prior_stds:
+                prior_count = prior_std * summed_noise_std(
+                    noise_multiplier=std / SENSITIVITY, contributions=len(per_participant))
+                cells.append(dp_reading([std] * len(per_participant), cost, prior_count))
         noise_label = " central" if central else ""
         table.append([row["task"], row["seed"], f"{row['epsilon']:g}{noise_label}", *cells])
         print("  " + " | ".join(str(c) for c in table[-1]), flush=True)
     print_table(["task", "seed", "epsilon", "as calibrated", "oracle", "one step, no noise",
-                 *(f"one step, DP at {m:g} (calibration sigma x)"
-                   for m in args.noise_multipliers)],
+                 *(f"one step, DP at {m:g}, prior {k:g} std (calibration sigma x)"
+                   for m in args.noise_multipliers for k in args.prior_stds)],
                 table, left=4)
     print_footer()
 

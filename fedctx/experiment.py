@@ -138,7 +138,7 @@ class ExperimentConfig:
     noise_models: tuple[str, ...] = ("local",)
     #: ``none`` (the papers) and / or ``balanced`` (``CalibrationConfig.label_bias``: a
     #: class-balanced bias on the label logits from DP class statistics): an axis for
-    #: every fedctx cell but the controls.
+    #: every fedctx cell, the controls included.
     label_biases: tuple[str, ...] = ("none",)
     #: The adaptive clip's geometric step (``CalibrationConfig.clip_learning_rate``).
     clip_learning_rate: float = 0.5
@@ -306,12 +306,13 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
                                     denoise, groups, weighting, optimizer, clip, quantile,
                                     scale, noise_seed, noise_model, label_bias))
-        for source, groups, weighting, optimizer in itertools.product(
+        for source, groups, weighting, optimizer, label_bias in itertools.product(
                 config.control_sources, config.coefficient_groups, config.update_weightings,
-                config.calibration_optimizers):
+                config.calibration_optimizers, config.label_biases):
             runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed,
                                 config.controls_at_epsilon, source, coefficient_groups=groups,
-                                update_weighting=weighting, calibration_optimizer=optimizer))
+                                update_weighting=weighting, calibration_optimizer=optimizer,
+                                label_bias=label_bias))
     return runs
 
 

@@ -33,7 +33,7 @@ from privacy.ckks_workers import CkksWorkers
 from privacy.denoise import james_stein_blocks
 from privacy.errors import BudgetExhaustedError
 from privacy.label_bias import SENSITIVITY as LABEL_STATISTICS_SENSITIVITY
-from privacy.label_bias import balanced_bias, release_class_statistics
+from privacy.label_bias import balanced_bias, release_class_statistics, summed_noise_std
 from privacy.ledger import PrivacyLedger
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
@@ -270,7 +270,8 @@ class Participant:
             "optimizer": cal.optimizer, "sgd_learning_rate": cal.sgd_learning_rate,
             **({"label_bias": cal.label_bias,
                 "label_bias_sample_rate": cal.label_bias_sample_rate,
-                "label_bias_noise_multiplier": cal.label_bias_noise_multiplier}
+                "label_bias_noise_multiplier": cal.label_bias_noise_multiplier,
+                "label_bias_prior_stds": cal.label_bias_prior_stds}
                if cal.label_bias != "none" else {}),
         })
 
@@ -647,7 +648,8 @@ class Participant:
                                        kind="class_statistics", federation=federation,
                                        release_id=release)
         total = torch.from_numpy(mean * count).reshape(num_classes, num_classes + 1)
-        bias = balanced_bias(total)
+        bias = balanced_bias(total, prior_count=cal.label_bias_prior_stds * summed_noise_std(
+            noise_multiplier=noise_multiplier, contributions=count))
         report.label_bias = [float(b) for b in bias]
         report.rounds.append(self._round_record(round_id, count, compute_s=compute_s,
                                                 sent_before=sent, waited_from=waited_from))

@@ -56,14 +56,21 @@ def release_class_statistics(
                               generator=generator)
 
 
-def balanced_bias(statistics: torch.Tensor, *, min_count: float = 1.0) -> torch.Tensor:
+def balanced_bias(statistics: torch.Tensor, *, min_count: float = 1.0,
+                  prior_count: float = 0.0) -> torch.Tensor:
     """``b [C]`` float32 from summed (possibly noisy) statistics ``[C, C + 1]``.
 
     ``b_c = -log(C m_c)`` with ``m_c = (1/C) sum_y S[y, c] / n_y``: the class-balanced mean
     probability of label ``c``; one step of the balanced prior adjustment from ``b = 0``
     (the statistics must come from the unbiased classifier). Noisy counts are floored at
-    ``min_count`` and conditional means at 1e-6; ``m_c`` at 1e-3, so that no label is
-    boosted by more than ``log(1000 / C)``.
+    ``min_count`` and conditional means kept in [1e-6, 1]; ``m_c`` at 1e-3, so that no
+    label is boosted by more than ``log(1000 / C)``.
+
+    ``prior_count`` > 0 shrinks every class's conditional mean towards the uniform
+    distribution with that many pseudo-records, ``(S[y] + prior_count / C) / (n_y +
+    prior_count)``: a class whose (noisy) count is small next to it contributes about
+    ``1 / C`` to every ``m_c``, i.e. nothing to ``b``, instead of its noise. Callers pass
+    the std of the summed count's noise (:func:`summed_noise_std`).
     """
     if statistics.dim() != 2 or statistics.shape[1] != statistics.shape[0] + 1:
         raise ConfigError(f"statistics must be [C, C + 1], got {tuple(statistics.shape)}")
@@ -71,8 +78,25 @@ def balanced_bias(statistics: torch.Tensor, *, min_count: float = 1.0) -> torch.
         raise ConfigError("statistics must be finite")
     if not min_count > 0:
         raise ConfigError(f"min_count must be > 0, got {min_count}")
+    if not 0 <= prior_count < math.inf:
+        raise ConfigError(f"prior_count must be finite and >= 0, got {prior_count}")
     num_classes = statistics.shape[0]
-    counts = statistics[:, -1].double().clamp(min=min_count)
-    conditional = (statistics[:, :-1].double() / counts[:, None]).clamp(min=1e-6)
+    sums = statistics[:, :-1].double()
+    counts = statistics[:, -1].double()
+    if prior_count > 0:
+        sums = sums.clamp(min=0) + prior_count / num_classes
+        counts = counts.clamp(min=0) + prior_count
+    conditional = (sums / counts.clamp(min=min_count)[:, None]).clamp(min=1e-6, max=1.0)
     balanced_mean = conditional.mean(0).clamp(min=1e-3)
     return (-(num_classes * balanced_mean).log()).float()
+
+
+def summed_noise_std(*, noise_multiplier: float, contributions: int) -> float:
+    """Std of each value of ``contributions`` releases' sum, every release noised at
+    ``noise_multiplier`` (:func:`release_class_statistics`): public, so every participant
+    computes the same shrinkage from it."""
+    if not noise_multiplier >= 0 or contributions < 0:
+        raise ConfigError("noise_multiplier and contributions must be >= 0, got "
+                          f"{noise_multiplier} and {contributions}")
+    return gaussian_std(noise_multiplier=noise_multiplier, sensitivity=SENSITIVITY) \
+        * math.sqrt(contributions)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from fedctx.experiment import ExperimentConfig, RunSpec, describe, plan_runs
+from fedctx.experiment import METHODS_FEDERATED, ExperimentConfig, RunSpec, describe, plan_runs
 
 
 def test_coefficient_groups_axis_covers_fedctx_and_the_i2cl_baselines_only() -> None:
@@ -311,11 +311,11 @@ def test_central_noise_cell_gives_each_participant_its_share_of_the_noise(
         assert shared.calibration == participant.calibration
 
 
-def test_the_label_bias_axis_adds_fedctx_cells_but_not_controls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_label_bias_axis_adds_fedctx_and_control_cells_not_baselines(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``label_biases`` multiplies the fedctx cells with and without DP (the bias is a
-    release of its own, not a DP-SGD setting) but not the controls or baselines, keeps the
-    default cells' keys, reaches calibration, is named by ``describe``; an unknown value
-    is refused."""
+    release of its own, not a DP-SGD setting) and the controls (so that a biased DP cell
+    has a biased reference), not the baselines; it keeps the default cells' keys, reaches
+    calibration, is named by ``describe``; an unknown value is refused."""
     import participant.calibration
     from fedctx.experiment import LABEL_BIASES, Harness
     from privacy.errors import ConfigError
@@ -329,7 +329,8 @@ def test_the_label_bias_axis_adds_fedctx_cells_but_not_controls(tmp_path) -> Non
     assert [r.key() for r in new if r.label_bias == "none"] == [r.key() for r in old]
     added = [r for r in new if r.label_bias == "balanced"]
     assert sorted((r.epsilon, r.vector_source) for r in added) == [
-        (8.0, "public"), (math.inf, "public")]
+        (8.0, "public"), (math.inf, "public"), (math.inf, "zero")]
+    assert all(r.method == METHODS_FEDERATED for r in added)
     assert len({r.key() for r in new}) == len(new)
     assert Harness(both, tmp_path)._calibration(added[0]).label_bias == "balanced"
     dp = next(r for r in added if r.epsilon == 8.0)

@@ -264,6 +264,7 @@ def test_adaptive_clip_moves_towards_its_quantile_over_the_expected_batch(
     ("label_bias", "prior"), ("label_bias_sample_rate", 0.0),
     ("label_bias_sample_rate", 1.5), ("label_bias_sample_rate", float("nan")),
     ("label_bias_noise_multiplier", 0.0), ("label_bias_noise_multiplier", float("inf")),
+    ("label_bias_prior_stds", -1.0), ("label_bias_prior_stds", float("nan")),
 ])
 def test_config_rejects_bad_label_bias_settings(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):

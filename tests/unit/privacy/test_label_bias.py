@@ -15,6 +15,7 @@ from privacy.label_bias import (
     balanced_bias,
     class_statistics,
     release_class_statistics,
+    summed_noise_std,
 )
 
 
@@ -88,6 +89,48 @@ def test_noisy_statistics_give_a_bounded_bias() -> None:
     bias = balanced_bias(stats)
     assert torch.isfinite(bias).all()
     assert float(bias.max()) <= math.log(1000 / 2) + 1e-5
+
+
+def test_a_noisy_row_cannot_claim_more_than_all_of_its_records() -> None:
+    # a rare class's noisy sums over a small noisy count: 9 / 1 would say label 1 holds
+    # nine times every record of that class; a conditional mean is at most 1
+    stats = torch.tensor([[60.0, 40.0, 0.0, 100.0],
+                          [30.0, 70.0, 0.0, 100.0],
+                          [0.0, 9.0, 0.0, 1.0]], dtype=torch.float64)
+    # m = (0.6 + 0.3 + 1e-6, 0.4 + 0.7 + 1, 3e-6) / 3, the last floored at 1e-3
+    m = torch.tensor([0.9 + 1e-6, 2.1, 3e-6], dtype=torch.float64) / 3
+    expected = -torch.log(3 * m.clamp(min=1e-3))
+    torch.testing.assert_close(balanced_bias(stats), expected.float())
+
+
+def test_shrinkage_silences_a_class_whose_count_is_noise() -> None:
+    """With ``prior_count`` a class row whose count is small next to it pulls every label
+    alike (about nothing on ``b``); rows with many records keep their say; 0 is the
+    plain estimate."""
+    probabilities, labels = _records(3000, 3, seed=4)
+    stats = class_statistics(probabilities, labels)
+    plain = balanced_bias(stats)
+    torch.testing.assert_close(balanced_bias(stats, prior_count=0.0), plain)
+    torch.testing.assert_close(balanced_bias(stats, prior_count=1.0), plain, atol=0.01, rtol=0)
+    noise_row = stats.clone()
+    noise_row[2] = torch.tensor([0.0, 3.0, 0.0, 2.0], dtype=torch.float64)  # 2 noisy records
+    # what the bias is if row 2 says "uniform", i.e. nothing
+    rows = torch.cat([stats[:2, :-1] / stats[:2, -1:],
+                      torch.full((1, 3), 1 / 3, dtype=torch.float64)])
+    without_row = (-torch.log(3 * rows.mean(0))).float()
+    shrunk = balanced_bias(noise_row, prior_count=50.0)
+    assert float((shrunk - without_row).abs().max()) < 0.1
+    assert float((balanced_bias(noise_row) - without_row).abs().max()) > 0.5
+
+
+def test_the_summed_noise_std_is_the_releases_std_times_sqrt_contributions() -> None:
+    assert summed_noise_std(noise_multiplier=5.0, contributions=10) == pytest.approx(
+        5.0 * math.sqrt(2) * math.sqrt(10))
+    assert summed_noise_std(noise_multiplier=0.0, contributions=10) == 0.0
+    with pytest.raises(ConfigError):
+        summed_noise_std(noise_multiplier=-1.0, contributions=3)
+    with pytest.raises(ConfigError, match="prior_count"):
+        balanced_bias(torch.ones(2, 3, dtype=torch.float64), prior_count=float("nan"))
 
 
 @pytest.mark.parametrize(("probabilities", "labels", "match"), [
