@@ -149,6 +149,7 @@ def main() -> None:
                  f"{100 * accuracy(oracle):.1f}", f"{100 * accuracy(exact):.1f}"]
         central = row.get("noise_model", "local") != "local"
         steps = config.rounds * config.steps_per_round
+
         def dp_reading(stds, cost, prior_count, seed=int(row["seed"]),  # type: ignore[no-untyped-def]
                        per_participant=per_participant):
             # the same draws for every column: the shrinkage columns are paired
