@@ -42,7 +42,23 @@ UPDATE_WEIGHTINGS = ("uniform", "precision")
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 #: ``local``: each participant's noise carries its whole budget (fedctx's threat model).
 #: ``central_simulated``: an analysis arm, see ``ExperimentConfig.noise_models``.
-NOISE_MODELS = ("local", "central_simulated")
+#: ``distributed:<t>``: pairwise-masked rounds tolerating ``t`` colluders (deployable).
+NOISE_MODELS = ("local", "central_simulated", "distributed:<t>")
+
+
+def distributed_colluders(noise_model: str) -> int | None:
+    """``t`` of a ``distributed:<t>`` noise model, ``None`` for another model.
+
+    Raises:
+        ConfigError: ``distributed:`` followed by anything but an int >= 0.
+    """
+    if not noise_model.startswith("distributed:"):
+        return None
+    text = noise_model.removeprefix("distributed:")
+    if not text.isdigit():
+        raise ConfigError(f"noise model {noise_model!r}: 'distributed:' takes the number of "
+                          "colluding participants tolerated, an int >= 0")
+    return int(text)
 #: ``participant.calibration.CLIP_SCALES``, restated for the same reason.
 CLIP_SCALES = ("none", "residual", "residual_capped")
 #: ``participant.calibration.LABEL_BIASES``, restated for the same reason.
@@ -199,12 +215,18 @@ class ExperimentConfig:
         if not self.label_biases or not set(self.label_biases) <= set(LABEL_BIASES):
             raise ConfigError(f"label_biases must be a non-empty list of {LABEL_BIASES}, "
                               f"got {list(self.label_biases)}")
-        if not self.noise_models or not set(self.noise_models) <= set(NOISE_MODELS):
+        colluders = [distributed_colluders(m) for m in self.noise_models]
+        if not self.noise_models or any(
+                m not in NOISE_MODELS and t is None
+                for m, t in zip(self.noise_models, colluders, strict=True)):
             raise ConfigError(f"noise_models must be a non-empty list of {NOISE_MODELS}, "
                               f"got {list(self.noise_models)}")
-        if "central_simulated" in self.noise_models and (
+        if any(t is not None and t >= min(self.participants) for t in colluders):
+            raise ConfigError("a 'distributed:<t>' noise model needs t below every "
+                              f"participant count {list(self.participants)}")
+        if set(self.noise_models) != {"local"} and (
                 self.steps_per_round != 1 or "global_adam" not in self.calibration_optimizers):
-            raise ConfigError("noise_models 'central_simulated' needs calibration_optimizers "
+            raise ConfigError("noise_models other than 'local' need calibration_optimizers "
                               "with 'global_adam' and steps_per_round = 1 (a round must "
                               "release a linear function of the noisy gradient)")
 
@@ -301,7 +323,8 @@ def plan_runs(config: ExperimentConfig) -> list[RunSpec]:
                         modes, config.coefficient_groups, config.update_weightings,
                         config.calibration_optimizers, clips, noise_seeds,
                         config.noise_models if dp else ("local",), config.label_biases):
-                if noise_model == "central_simulated" and optimizer != "global_adam":
+                if noise_model != "local" and (optimizer != "global_adam" or weighting
+                                               != "uniform" or quantile):
                     continue  # not a sum of Gaussian mechanisms (ExperimentConfig)
                 runs.append(RunSpec(task, METHODS_FEDERATED, n, alpha, seed, eps, source, mode,
                                     denoise, groups, weighting, optimizer, clip, quantile,
@@ -402,8 +425,11 @@ def describe(spec: RunSpec) -> str:
             extras.append(f"{spec.clip_scale.replace('_', '-')}-scaled clip")
         if spec.noise_seed >= 0:
             extras.append(f"noise seed {spec.noise_seed}")
-        if spec.noise_model != "local":
+        if spec.noise_model == "central_simulated":
             extras.append("central noise, simulated")
+        elif spec.noise_model != "local":
+            extras.append(f"distributed noise, up to "
+                          f"{distributed_colluders(spec.noise_model)} colluding")
         if spec.label_bias != "none":
             extras.append(f"{spec.label_bias} label bias")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
@@ -781,6 +807,13 @@ class Harness:
             accountant=self.config.accountant)
         return replace(config, privacy=replace(config.privacy, target_epsilon=local))
 
+    def _distributed_noise(self, spec: RunSpec, config):  # type: ignore[no-untyped-def]
+        """``config`` under distributed DP (``distributed:<t>``): masked rounds tolerating
+        ``t`` colluders, the common noise solved for the cell's smallest participant."""
+        return replace(config, privacy=replace(
+            config.privacy, max_colluders=distributed_colluders(spec.noise_model),
+            min_records=min(len(part) for part in self.splits(spec)[1])))
+
     def _federated(self, spec: RunSpec) -> dict[str, object]:
         from participant.config import ParticipantConfig, PrivacySettings
         from participant.federation import Participant
@@ -802,6 +835,8 @@ class Harness:
             )
             if spec.noise_model == "central_simulated":
                 config = self._central_noise_share(spec, index, config)
+            elif spec.noise_model != "local":
+                config = self._distributed_noise(spec, config)
             participant = Participant(config, compute_slot=slot)
             try:
                 return participant.run()
@@ -826,7 +861,14 @@ class Harness:
         } if rounds else {}
         shrinkage = {"vector_shrinkage": first.vector_shrinkage} \
             if first.vector_shrinkage else {}  # type: ignore[attr-defined]
-        return {**per_round, **shrinkage, **label_bias,
+        distributed = {  # what a coalition larger than the bound leaves each participant
+            "noise_share": first.noise_share,  # type: ignore[attr-defined]
+            "epsilon_if_more_collude": max(
+                r.epsilon_if_more_collude for r in reports.values()),  # type: ignore[attr-defined]
+            "masked_values_clamped": sum(
+                r.masked_values_clamped for r in reports.values()),  # type: ignore[attr-defined]
+        } if first.noise_share is not None else {}  # type: ignore[attr-defined]
+        return {**per_round, **shrinkage, **label_bias, **distributed,
             "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],
             "uncalibrated_accuracy": first.scores["injected_uncalibrated"]["accuracy"],  # type: ignore[attr-defined]
             "epsilon_spent": max(r.epsilon_spent for r in reports.values()),  # type: ignore[attr-defined]

@@ -59,6 +59,24 @@ class PrivacySettings:
             repeated draw for draw. Anyone who knows the seed can regenerate and subtract
             the noise, so the guarantee holds only against those who do not: never set
             it where the records are real.
+        max_colluders: -1 (default): *local* DP. Every release carries its budget's whole
+            noise on its own, so the guarantee holds whatever the other participants do,
+            including all of them colluding with the coordinator (they share the CKKS key).
+            ``t >= 0``: *distributed* DP for a federation of ``n`` participants that
+            trusts at most ``t`` of them to collude (``t < n``). Contributions are
+            pairwise-masked (:mod:`privacy.masking`), so a coalition of the coordinator and
+            up to ``t`` participants reads only the sum of the others, and each
+            participant adds ``1 / sqrt(n - t)`` of the noise: the honest ``n - t`` shares
+            together carry the budget's noise. Against a larger coalition a participant
+            has only its own share (the report's ``epsilon_if_more_collude``). Needs
+            ``optimizer = "global_adam"`` with ``steps_per_round = 1`` and uniform update
+            weighting (a round's release must be a sum of Gaussian mechanisms), a fixed
+            clip, no private vector release, and every participant in every round.
+        min_records: with ``max_colluders >= 0``: the fewest calibration records any
+            participant of the federation holds (public, like every record count; at
+            least the calibration batch). Every participant solves its noise for this
+            count, so all add the same noise; one with more records samples at a lower
+            rate and spends less than its target.
 
     The calibration's per-record gradient clip is ``[participant.calibration]``'s
     ``max_grad_norm`` (``clip_quantile`` for an adaptive clip, ``clip_scale`` to scale each
@@ -72,8 +90,21 @@ class PrivacySettings:
     vector_clip_mode: str = "deviation"
     vector_denoise: str = "james_stein"
     insecure_noise_seed: int = -1
+    max_colluders: int = -1
+    min_records: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("max_colluders", "min_records"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an int, got {value!r}")
+        if self.max_colluders < -1:
+            raise ConfigError("max_colluders must be -1 (local DP) or a count >= 0")
+        if self.distributed and not self.private:
+            raise ConfigError("max_colluders (distributed DP) needs a finite target_epsilon")
+        if self.distributed and self.min_records < 1:
+            raise ConfigError("max_colluders needs min_records: the fewest calibration "
+                              "records any participant of the federation holds")
         if not (self.target_epsilon > 0):
             raise ConfigError("target_epsilon must be > 0 (inf for no privacy)")
         if not 0 < self.delta < 1:
@@ -102,6 +133,11 @@ class PrivacySettings:
     def private(self) -> bool:
         """Whether DP is on."""
         return not math.isinf(self.target_epsilon)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the noise is shared among the participants (``max_colluders >= 0``)."""
+        return self.max_colluders >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +207,8 @@ class ParticipantConfig:
             raise ConfigError("demonstrations_per_class >= 0 and max_calibration_records >= 1")
         if self.dirichlet_alpha < 0:
             raise ConfigError("dirichlet_alpha must be >= 0 (0 = IID)")
+        if self.privacy.distributed:
+            _check_distributed(self)
         if isinstance(self.ckks_workers, bool) or not isinstance(self.ckks_workers, int) \
                 or not 1 <= self.ckks_workers <= MAX_CKKS_WORKERS:
             raise ConfigError(f"ckks_workers must be an int in 1..{MAX_CKKS_WORKERS}")
@@ -207,3 +245,25 @@ class ParticipantConfig:
             return cls(**table)  # type: ignore[arg-type]
         except TypeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _check_distributed(config: ParticipantConfig) -> None:
+    """Refuse settings under which the sum of the honest participants' releases is not one
+    Gaussian mechanism with every share's noise (``PrivacySettings.max_colluders``)."""
+    cal = config.calibration
+    problems = []
+    if cal.rounds and (cal.optimizer != "global_adam" or cal.steps_per_round != 1):
+        problems.append("calibration needs optimizer = 'global_adam' with steps_per_round = 1 "
+                        "(local multi-step updates are not linear in their noise)")
+    if cal.update_weighting != "uniform":
+        problems.append("update_weighting must be 'uniform' (weights differ per participant)")
+    if cal.clip_quantile:
+        problems.append("clip_quantile must be 0 (an adaptive clip differs per participant)")
+    if config.vector_source == "private":
+        problems.append("vector_source 'private' is not supported (its per-participant "
+                        "normalisation makes the shares unequal); use 'public'")
+    if config.privacy.min_records < cal.batch_size:
+        problems.append(f"min_records ({config.privacy.min_records}) must be at least the "
+                        f"calibration batch ({cal.batch_size}), so every expected batch is equal")
+    if problems:
+        raise ConfigError("distributed DP (max_colluders >= 0): " + "; ".join(problems))

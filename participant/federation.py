@@ -28,10 +28,15 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from privacy import ckks, keyshare
-from privacy.accounting import PlannedRelease, epsilon_for_history, noise_multiplier_for_budget
+from privacy.accounting import (
+    PlannedRelease,
+    epsilon_for_history,
+    history_of,
+    noise_multiplier_for_budget,
+)
 from privacy.ckks_workers import CkksWorkers
 from privacy.denoise import james_stein_blocks
-from privacy.errors import BudgetExhaustedError
+from privacy.errors import BudgetExhaustedError, ConfigError
 from privacy.label_bias import SENSITIVITY as LABEL_STATISTICS_SENSITIVITY
 from privacy.label_bias import balanced_bias, release_class_statistics, summed_noise_std
 from privacy.ledger import PrivacyLedger
@@ -53,6 +58,7 @@ from .errors import ProtocolError
 from .evaluation import Scores, evaluate, label_scores
 from .hooks import default_coefficients
 from .layers import layer_map_fingerprint, resolve_layer_sites
+from .masked_sum import MaskedSum, noise_share
 from .model import load_model
 from .protocol_plan import canonical_plan, check_plan
 from .tasks import TaskSpec, load_task
@@ -81,6 +87,14 @@ class ParticipantReport:
     rounds: list[dict[str, object]] = field(default_factory=list)
     #: the class-balanced label bias added at inference (``label_bias = "balanced"``)
     label_bias: list[float] = field(default_factory=list)
+    #: distributed DP (``max_colluders >= 0``): ``noise_multiplier`` is the sum's, each
+    #: release carried ``noise_share`` of it, ``epsilon_spent`` holds while at most
+    #: ``max_colluders`` collude and ``epsilon_if_more_collude`` is what the shares alone give
+    max_colluders: int = -1
+    noise_share: float | None = None
+    epsilon_if_more_collude: float | None = None
+    #: masked values clamped to their round's public bound (a count; should stay 0)
+    masked_values_clamped: int = 0
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -208,6 +222,8 @@ class Participant:
             accountant=privacy.accountant,
         )
         self.secret_context = None
+        #: pairwise masks of distributed DP, set up after the keys (None: local DP)
+        self.masked_sum: MaskedSum | None = None
         self._crypto: CkksWorkers | None = None
         self._crypto_context: object = None
 
@@ -238,10 +254,42 @@ class Participant:
                 f"these records already spent epsilon {spent:.3f} of the budget "
                 f"{privacy.target_epsilon:g} in earlier federations (ledger {self.ledger.path})"
             )
+        if privacy.distributed:
+            return self._common_noise_multiplier(plan, prior)
         return noise_multiplier_for_budget(
             target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
             plan=plan, accountant=privacy.accountant, prior_history=prior,
         )
+
+    def _common_noise_multiplier(self, plan: list[PlannedRelease],
+                                 prior: list[tuple[float, float, int]]) -> float:
+        """Distributed DP: the noise multiplier of the honest participants' *sum*, the same
+        for every participant (solved for ``min_records`` and no earlier spending), after
+        checking that this participant's own releases fit its budget."""
+        privacy = self.config.privacy
+        if len(self.records) < privacy.min_records:
+            raise ConfigError(f"{len(self.records)} calibration records, fewer than the "
+                              f"federation's min_records = {privacy.min_records}")
+        sigma = noise_multiplier_for_budget(
+            target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
+            plan=planned_releases(self.config, records=privacy.min_records),
+            accountant=privacy.accountant)
+        total = epsilon_for_history([*prior, *history_of(plan, sigma)], delta=privacy.delta,
+                                    accountant=privacy.accountant)
+        if total > privacy.target_epsilon * (1 + 1e-6):
+            raise BudgetExhaustedError(
+                f"the federation's common noise costs these records epsilon {total:.3f} with "
+                f"what they spent earlier, over the budget {privacy.target_epsilon:g} "
+                f"(ledger {self.ledger.path})")
+        return sigma
+
+    def epsilon_if_more_collude(self, sigma: float, *, participants: int) -> float:
+        """Distributed DP: this participant's epsilon from its own noise shares alone, what
+        it has against a coalition of more than ``max_colluders``."""
+        privacy = self.config.privacy
+        factor = noise_share(1.0, participants=participants, max_colluders=privacy.max_colluders)
+        history = [(m * factor, q, steps) for m, q, steps in history_of(self.plan(), sigma)]
+        return epsilon_for_history(history, delta=privacy.delta, accountant=privacy.accountant)
 
     # -- keys ---------------------------------------------------------------------------
     def _x25519(self) -> tuple[bytes, bytes]:
@@ -268,6 +316,13 @@ class Participant:
             "learning_rate": cal.learning_rate, "coefficient_groups": cal.coefficient_groups,
             "loss": cal.loss, "update_weighting": cal.update_weighting,
             "optimizer": cal.optimizer, "sgd_learning_rate": cal.sgd_learning_rate,
+            **({"distributed_dp": {
+                "max_colluders": cfg.privacy.max_colluders,
+                "min_records": cfg.privacy.min_records,
+                "max_calibration_records": cfg.max_calibration_records,
+                "target_epsilon": cfg.privacy.target_epsilon, "delta": cfg.privacy.delta,
+                "accountant": cfg.privacy.accountant, "max_grad_norm": cal.max_grad_norm,
+                "clip_scale": cal.clip_scale}} if cfg.privacy.distributed else {}),
             **({"label_bias": cal.label_bias,
                 "label_bias_sample_rate": cal.label_bias_sample_rate,
                 "label_bias_noise_multiplier": cal.label_bias_noise_multiplier,
@@ -315,13 +370,7 @@ class Participant:
         if federation.keyholder_id == cfg.participant_id:
             others = set(federation.roster) - {cfg.participant_id}
 
-            def all_announced() -> list[pb.KeyAnnouncement]:
-                found = [a for a in self.client.key_announcements() if a.participant_id in others]
-                if {a.participant_id for a in found} != others:
-                    raise _NotYet
-                return found
-
-            announcements = _poll("every participant's key", all_announced,
+            announcements = _poll("every participant's key", lambda: self._announced(others),
                                   timeout_s=federation.round_timeout_s)
             context = ckks.create_secret_context(cfg.ckks)
             public_bytes = ckks.serialize_public_context(context)
@@ -376,6 +425,55 @@ class Participant:
         _write_private(ctx_path, ckks.serialize_secret_context(context))
         self.secret_context = context
 
+    def _start_masking(self, federation: pb.GetFederationResponse, *, sigma: float,
+                       report: ParticipantReport) -> float:
+        """Distributed DP: check that every round needs the whole roster, derive the pair
+        masks from the verified key announcements, and return this participant's share of
+        ``sigma``."""
+        cfg = self.config
+        roster = list(federation.roster)
+        if federation.quorum != len(roster):
+            raise ProtocolError(
+                f"distributed DP needs every participant in every round, but the coordinator "
+                f"closes rounds with a quorum of {federation.quorum} of {len(roster)}")
+        share = noise_share(sigma, participants=len(roster),
+                            max_colluders=cfg.privacy.max_colluders)
+        private, _ = self._x25519()
+        announcements = _poll(
+            "every participant's key announcement",
+            lambda: self._announced(set(roster)), timeout_s=federation.round_timeout_s)
+        seed = cfg.privacy.insecure_noise_seed
+        self.masked_sum = MaskedSum(
+            own_id=cfg.participant_id, x25519_private=private, announcements=announcements,
+            roster=roster, federation_id=cfg.federation_id,
+            ca_certificate_pem=cfg.tls_ca.read_bytes(),
+            ckks_params=cfg.ckks,
+            seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"))
+        report.max_colluders = cfg.privacy.max_colluders
+        report.noise_share = share
+        report.epsilon_if_more_collude = self.epsilon_if_more_collude(
+            sigma, participants=len(roster))
+        logger.info("[Participant] masked rounds: %d participants, up to %d colluding, "
+                    "modulus 2^%d", len(roster), cfg.privacy.max_colluders,
+                    self.masked_sum.bits)
+        return share
+
+    def _announced(self, ids: set[str]) -> list[pb.KeyAnnouncement]:
+        found = [a for a in self.client.key_announcements() if a.participant_id in ids]
+        if {a.participant_id for a in found} != ids:
+            raise _NotYet
+        return found
+
+    def _update_bound(self, calibrator: LocalCalibrator) -> float:
+        """Public bound on a coordinate of a one-step SGD update, from settings the plan
+        pins: the learning rate times the clip times (3 expected batches of clipped
+        gradients + 8 noise stds) over the expected batch (the calibration batch, since
+        every participant holds ``min_records`` >= it). A Poisson batch past 3x its mean
+        is clamped (rare; counted in the report)."""
+        cal = self.config.calibration
+        return cal.sgd_learning_rate * cal.max_grad_norm * (
+            3 + 8 * calibrator.noise_multiplier / cal.batch_size)
+
     # -- one encrypted round ------------------------------------------------------------
     def crypto(self) -> CkksWorkers:
         """Encryption and decryption under the secret context, over ``ckks_workers``
@@ -395,10 +493,16 @@ class Participant:
 
     def secure_mean(
         self, round_id: str, values: np.ndarray, *, kind: str, federation: pb.GetFederationResponse,
-        release_id: str | None,
+        release_id: str | None, mask_bound: float | None = None,
     ) -> tuple[np.ndarray, int]:
-        """Encrypt ``values``, contribute to ``round_id``, return (sum / count, count)."""
+        """Encrypt ``values``, contribute to ``round_id``, return (sum / count, count).
+
+        Under distributed DP the contribution is pairwise-masked fixed point, each value
+        clamped to ``mask_bound`` (public, the same for every participant of the round)."""
         assert self.secret_context is not None
+        masked = self.masked_sum is not None
+        if masked and mask_bound is None:
+            raise ProtocolError(f"round {round_id!r} is masked but has no public value bound")
         if not np.all(np.isfinite(values)):
             raise ProtocolError(
                 f"{self.config.participant_id}: {kind} for round {round_id!r} has non-finite "
@@ -406,7 +510,9 @@ class Participant:
             )
         status = self.client.round(round_id)
         if not status.contributed:
-            blobs = self.crypto().encrypt(values)
+            plain = values if not masked else self.masked_sum.mask(  # type: ignore[union-attr]
+                values, round_id=round_id, bound=mask_bound)  # type: ignore[arg-type]
+            blobs = self.crypto().encrypt(plain)
             header = pb.ContributionHeader(
                 federation_id=self.config.federation_id, round_id=round_id,
                 model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
@@ -421,6 +527,9 @@ class Participant:
         if aggregate.ckks_context_fingerprint != federation.ckks_context_fingerprint:
             raise ProtocolError("aggregate was produced under another CKKS context")
         total = self.crypto().decrypt(aggregate.blobs, length=values.size)
+        if masked:
+            total = self.masked_sum.unmask(  # type: ignore[union-attr]
+                total, contributions=aggregate.contributions, bound=mask_bound)  # type: ignore[arg-type]
         return total / aggregate.contributions, aggregate.contributions
 
     def _round_record(self, round_id: str, contributions: int, *, compute_s: float,
@@ -456,6 +565,9 @@ class Participant:
             raise ProtocolError(f"{cfg.participant_id!r} is not in the federation's roster")
         start = time.perf_counter()
         federation = self.join(federation, protocol_plan=self.protocol_plan())
+        added = sigma  # the noise multiplier this participant adds to each release
+        if cfg.privacy.distributed:
+            added = self._start_masking(federation, sigma=sigma, report=report)
         timings["keys"] = time.perf_counter() - start
 
         cached = self.fetch_cached_task() if cfg.use_cached_task else None
@@ -548,7 +660,7 @@ class Participant:
         if cfg.calibration.rounds:
             calibrator = LocalCalibrator(
                 self.lm, self.sites, task, self.records, vector, config=cfg.calibration,
-                noise_multiplier=sigma, seed=cfg.seed,
+                noise_multiplier=added, seed=cfg.seed,
                 dp_noise_generator=cfg.privacy.noise_generator("calibration"),
             )
             for r in range(1, cfg.calibration.rounds + 1):
@@ -579,6 +691,7 @@ class Participant:
                 mean, count = self.secure_mean(
                     round_id, payload, kind="coefficient_update",
                     federation=federation, release_id=release,
+                    mask_bound=self._update_bound(calibrator) if self.masked_sum else None,
                 )
                 if weighted:
                     mean = mean[:-1] / mean[-1]
@@ -596,9 +709,12 @@ class Participant:
         if cfg.calibration.label_bias == "balanced":
             start = time.perf_counter()
             label_bias = self._label_bias_round(vector, coefficients, sigma=sigma,
-                                                federation=federation, report=report)
+                                                added=added, federation=federation,
+                                                report=report)
             timings["label_bias"] = time.perf_counter() - start
         report.epsilon_spent = self.ledger.epsilon_spent()
+        if self.masked_sum is not None:
+            report.masked_values_clamped = self.masked_sum.clamped
         if cfg.cache_task and federation.keyholder_id == cfg.participant_id:
             self.store_cached_task(vector, coefficients, federation, report,
                                    label_bias=label_bias)
@@ -606,16 +722,18 @@ class Participant:
         return report
 
     def _label_bias_round(self, vector: torch.Tensor, coefficients: torch.Tensor, *,
-                          sigma: float, federation: pb.GetFederationResponse,
+                          sigma: float, added: float, federation: pb.GetFederationResponse,
                           report: ParticipantReport) -> torch.Tensor:
         """Release this participant's class statistics under the calibrated model, sum
         them with the others' through the secure mean, and return the class-balanced
-        label bias ``[C]`` (:mod:`privacy.label_bias`)."""
+        label bias ``[C]`` (:mod:`privacy.label_bias`). ``added / sigma`` is the share of
+        the noise this participant adds (1 under local DP)."""
         cfg, cal = self.config, self.config.calibration
         round_id = f"label-bias-{cfg.vector_source}"
         release = f"{cfg.federation_id}/{round_id}"
         # under DP its own fixed multiplier (in the plan the common sigma was solved with)
         noise_multiplier = cal.label_bias_noise_multiplier if sigma > 0 else 0.0
+        noise_added = noise_multiplier * added / sigma if sigma > 0 else 0.0
         status = self.client.round(round_id)
         if release not in {e.release_id for e in self.ledger.entries}:
             self.ledger.reserve(
@@ -640,16 +758,19 @@ class Participant:
                         batch_size=cfg.batch_size).double(), dim=-1)
             labels = torch.tensor([e.label for e in sampled], dtype=torch.long)
             statistics = release_class_statistics(probabilities, labels,
-                                                  noise_multiplier=noise_multiplier,
+                                                  noise_multiplier=noise_added,
                                                   generator=generator)
         compute_s = time.perf_counter() - began
         sent, waited_from = self.client.bytes_sent, time.perf_counter()
+        # A value is a count or a sum of probabilities over at most every record, plus noise.
+        bound = cfg.max_calibration_records + 8 * noise_added * LABEL_STATISTICS_SENSITIVITY
         mean, count = self.secure_mean(round_id, statistics.numpy().ravel(),
                                        kind="class_statistics", federation=federation,
-                                       release_id=release)
+                                       release_id=release,
+                                       mask_bound=bound if self.masked_sum else None)
         total = torch.from_numpy(mean * count).reshape(num_classes, num_classes + 1)
         bias = balanced_bias(total, prior_count=cal.label_bias_prior_stds * summed_noise_std(
-            noise_multiplier=noise_multiplier, contributions=count))
+            noise_multiplier=noise_added, contributions=count))
         report.label_bias = [float(b) for b in bias]
         report.rounds.append(self._round_record(round_id, count, compute_s=compute_s,
                                                 sent_before=sent, waited_from=waited_from))

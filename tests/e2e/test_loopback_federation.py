@@ -20,7 +20,7 @@ def _participant_config(pid, port, pki, tmp_path, tiny_llama_dir, shared_data, *
         participant_id=pid, coordinator=f"127.0.0.1:{port}", tls_cert=cert, tls_key=key,
         tls_ca=pki.ca_cert, state_dir=tmp_path / pid, federation_id="fed-test", task="sst2",
         model=str(tiny_llama_dir), data_dir=str(shared_data / "sst2"),
-        partition_index=int(pid[-1]) - 1, num_partitions=2, demonstrations_per_class=4,
+        partition_index=int(pid[-1]) - 1, num_partitions=extra.pop("num_partitions", 2), demonstrations_per_class=4,
         max_calibration_records=extra.pop("max_calibration_records", 32), test_per_class=8,
         batch_size=8,
         privacy=extra.pop("privacy", PrivacySettings(target_epsilon=4.0, delta=1e-5)),

@@ -349,3 +349,43 @@ def test_an_unknown_baseline_is_refused_when_the_config_is_read() -> None:
     assert all(hasattr(Harness, f"_baseline_{name}") for name in BASELINES)
     with pytest.raises(ConfigError, match=r"baselines \['fedctx_no_dp'\] are not among"):
         ExperimentConfig(name="b", tasks=("sst2",), baselines=("zero_shot", "fedctx_no_dp"))
+
+
+def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``distributed:<t>`` adds a deployable masked-rounds cell per DP global-Adam cell,
+    keyed apart from the others; a bad or too large ``t`` is refused."""
+    from fedctx.experiment import Harness, distributed_colluders
+    from participant.calibration import CalibrationConfig
+    from participant.config import ParticipantConfig, PrivacySettings
+    from privacy.errors import ConfigError
+
+    base = ExperimentConfig(name="x", tasks=("sst2",), epsilons=(math.inf, 8.0),
+                            vector_sources=("public",), control_sources=(),
+                            calibration_optimizers=("global_adam",), rounds=20,
+                            steps_per_round=1, batch_size=12, participants=(10,),
+                            baselines=())
+    grid = dataclasses.replace(base, noise_models=("local", "distributed:0", "distributed:4"))
+    runs = plan_runs(grid)
+    assert sorted(r.noise_model for r in runs if r.epsilon == 8.0) == [
+        "distributed:0", "distributed:4", "local"]
+    assert len({r.key() for r in runs}) == len(runs)
+    (cell,) = [r for r in runs if r.noise_model == "distributed:4"]
+    assert describe(cell).endswith("global adam, distributed noise, up to 4 colluding)")
+    assert distributed_colluders("local") is None and distributed_colluders("distributed:4") == 4
+    for bad in ("distributed:x", "distributed:-1", "distributed:10"):
+        with pytest.raises(ConfigError):
+            dataclasses.replace(base, noise_models=(bad,))
+    with pytest.raises(ConfigError, match="steps_per_round = 1"):
+        dataclasses.replace(grid, steps_per_round=3)
+
+    harness = Harness(grid, tmp_path)
+    parts = [[object()] * 64, [object()] * 40]  # the harness caps each at 64 records
+    harness.splits = lambda _spec: (None, parts, None, None)  # type: ignore[method-assign]
+    participant = ParticipantConfig(
+        participant_id="p00", coordinator="127.0.0.1:1", task="sst2", vector_source="public",
+        tls_cert="c", tls_key="k", tls_ca="ca", state_dir=tmp_path, federation_id="f",
+        privacy=PrivacySettings(target_epsilon=8.0),
+        calibration=CalibrationConfig(rounds=20, steps_per_round=1, batch_size=12,
+                                      optimizer="global_adam"))
+    privacy = harness._distributed_noise(cell, participant).privacy
+    assert (privacy.max_colluders, privacy.min_records, privacy.target_epsilon) == (4, 40, 8.0)

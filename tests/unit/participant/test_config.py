@@ -85,3 +85,39 @@ def test_ckks_workers_is_checked_and_read_from_toml(tmp_path: Path) -> None:
         'tls_cert = "c"\ntls_key = "k"\ntls_ca = "a"\nstate_dir = "s"\nfederation_id = "f"\n'
         "ckks_workers = 4\n", encoding="utf-8")
     assert ParticipantConfig.from_toml(path).ckks_workers == 4
+
+
+def test_distributed_dp_needs_a_budget_and_min_records() -> None:
+    with pytest.raises(ConfigError, match="finite target_epsilon"):
+        PrivacySettings(target_epsilon=math.inf, max_colluders=2, min_records=16)
+    with pytest.raises(ConfigError, match="min_records"):
+        PrivacySettings(max_colluders=2)
+    with pytest.raises(ConfigError, match="-1 \\(local DP\\)"):
+        PrivacySettings(max_colluders=-2)
+    with pytest.raises(ConfigError, match="must be an int"):
+        PrivacySettings(max_colluders=True, min_records=16)  # type: ignore[arg-type]
+    assert not PrivacySettings().distributed
+    assert PrivacySettings(max_colluders=0, min_records=16).distributed
+
+
+def test_distributed_dp_refuses_releases_that_are_not_sums_of_equal_shares() -> None:
+    from participant.calibration import CalibrationConfig
+
+    privacy = PrivacySettings(max_colluders=3, min_records=16)
+    summable = CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=12)
+    config = _config(privacy=privacy, calibration=summable, vector_source="public")
+    assert config.privacy.max_colluders == 3
+    for calibration, vector_source, match in (
+        (CalibrationConfig(batch_size=12), "public", "global_adam"),
+        (CalibrationConfig(optimizer="global_adam", steps_per_round=3, batch_size=12),
+         "public", "steps_per_round = 1"),
+        (CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=12,
+                           update_weighting="precision"), "public", "uniform"),
+        (CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=12,
+                           clip_quantile=0.5), "public", "clip_quantile"),
+        (summable, "private", "vector_source 'private'"),
+        (CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=32),
+         "public", "at least the\\s+calibration batch"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            _config(privacy=privacy, calibration=calibration, vector_source=vector_source)

@@ -1,0 +1,104 @@
+"""Distributed DP over real gRPC peers: masked rounds sum right, hide each contribution,
+and carry each participant's share of the noise."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.e2e.test_loopback_federation import _participant_config, _run_all
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+IDS = ("org1", "org2", "org3")
+RECORDS = 16
+
+
+def _configs(server, pki, tmp_path, tiny_llama_dir, shared_data, *, max_colluders=1):  # type: ignore[no-untyped-def]
+    from participant.calibration import CalibrationConfig
+    from participant.config import PrivacySettings
+
+    calibration = CalibrationConfig(rounds=2, steps_per_round=1, batch_size=4,
+                                    optimizer="global_adam", label_bias="balanced")
+    privacy = PrivacySettings(target_epsilon=4.0, max_colluders=max_colluders,
+                              min_records=RECORDS)
+    return [_participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
+                                vector_source="public", calibration=calibration,
+                                privacy=privacy, max_calibration_records=RECORDS,
+                                num_partitions=3) for pid in IDS]
+
+
+def test_masked_rounds_give_the_mean_and_no_single_contribution_reads(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Known updates (a participant's positive labels / 1000, different per participant):
+    every participant's decrypted, unmasked mean is their mean to the fixed point's step,
+    while a colluder holding the CKKS key and one stored contribution reads uniform
+    residues, not the participant's update."""
+    from participant.calibration import GlobalCoefficients, LocalCalibrator
+    from privacy import ckks, payload
+
+    means: list[torch.Tensor] = []
+    updates: list[float] = []
+    real_apply = GlobalCoefficients.apply
+
+    def known_update(self, coefficients):  # type: ignore[no-untyped-def]
+        updates.append(float(self.queries.labels.sum()) / 1000)
+        return torch.full_like(coefficients, updates[-1])
+
+    def recorded_apply(self, mean_update):  # type: ignore[no-untyped-def]
+        means.append(mean_update.clone())
+        return real_apply(self, mean_update)
+
+    monkeypatch.setattr(LocalCalibrator, "run_round", known_update)
+    monkeypatch.setattr(GlobalCoefficients, "apply", recorded_apply)
+    server = coordinator_factory(roster=IDS)
+    reports = _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data))
+
+    assert len(means) == 3 * 2 and len(set(updates)) > 1
+    expected = sum(updates) / len(updates)  # the same updates in both rounds
+    for mean in means:
+        torch.testing.assert_close(mean, torch.full_like(mean, expected), atol=1e-4, rtol=0)
+    for pid, report in reports.items():
+        assert report.max_colluders == 1
+        assert report.noise_share == pytest.approx(report.noise_multiplier / math.sqrt(2))
+        assert report.epsilon_spent <= 4.0 + 1e-6, pid
+        assert report.epsilon_if_more_collude > 1.5 * report.epsilon_spent  # sqrt(2) less noise
+        assert report.masked_values_clamped == 0
+        assert all(r["contributions"] == 3 for r in report.rounds)
+    # one common noise, solved for min_records (everyone's count here): each spends the target
+    assert reports["org1"].epsilon_spent == pytest.approx(4.0, abs=0.05)
+    assert len({r.noise_multiplier for r in reports.values()}) == 1
+
+    secret = ckks.load_secret_context((tmp_path / "org1" / "keys" / "fed-test.ckks").read_bytes())
+    store = server.aggregator.store
+    (digest,) = [d for p, d in store.contributions("calib-public-1") if p == "org2"]
+    length = server.aggregator.aggregate("org1", "calib-public-1").vector_length
+    alone = ckks.decrypt_vector(secret, payload.unframe(store.get_blob(digest)), length=length)
+    assert np.all(np.abs(alone) > 1.0)  # residues in [0, 2^b), not an update below 0.02
+    assert np.all(np.abs(alone - np.rint(alone)) < 0.05)
+
+
+def test_a_masked_federation_refuses_a_coordinator_that_closes_rounds_early(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+) -> None:
+    from participant.errors import ProtocolError
+
+    server = coordinator_factory(roster=IDS, quorum=2)
+    with pytest.raises(ProtocolError, match="quorum of 2 of 3"):
+        _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data))
+
+
+def test_max_colluders_must_leave_an_honest_participant(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+) -> None:
+    from participant.errors import ProtocolError
+
+    server = coordinator_factory(roster=IDS)
+    with pytest.raises(ProtocolError, match="leaves no honest participant"):
+        _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data, max_colluders=3))
