@@ -170,6 +170,15 @@ def _noise_seed(row: dict[str, object]) -> str:
     return f", noise seed {seed}" if seed >= 0 else ""
 
 
+def _noise_model(row: dict[str, object]) -> str:
+    model = str(row.get("noise_model", "local"))
+    if model == "central_simulated":
+        return ", central noise (simulated)"
+    if model.startswith("distributed:"):
+        return f", distributed noise (up to {model.removeprefix('distributed:')} colluding)"
+    return ""
+
+
 def _series(row: dict[str, object]) -> str | None:
     """The line a row belongs to on an accuracy-against-epsilon plot (None: a baseline)."""
     if row["method"] == "fedctx":
@@ -180,8 +189,7 @@ def _series(row: dict[str, object]) -> str | None:
             ", precision-weighted" if row.get("update_weighting") == "precision" else "",
             ", global Adam" if row.get("calibration_optimizer") == "global_adam" else "",
             _clip(row), _noise_seed(row),
-            ", central noise (simulated)" if row.get("noise_model") == "central_simulated"
-            else "",
+            _noise_model(row),
             ", balanced label bias" if row.get("label_bias", "none") == "balanced" else ""))
         return f"fedctx {row['vector_source']}{variant}"
     if row["method"] == "dp_fedavg_lora":

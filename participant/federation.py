@@ -458,6 +458,14 @@ class Participant:
                     self.masked_sum.bits)
         return share
 
+    def _share_note(self) -> str:
+        """What a ledger entry's noise multiplier means under distributed DP ('' if local)."""
+        if self.masked_sum is None:
+            return ""
+        honest = self.masked_sum.participants - self.config.privacy.max_colluders
+        return (f"; distributed DP: the noise multiplier is that of the sum of at least "
+                f"{honest} honest participants' shares, this one added 1/sqrt({honest}) of it")
+
     def _announced(self, ids: set[str]) -> list[pb.KeyAnnouncement]:
         found = [a for a in self.client.key_announcements() if a.participant_id in ids]
         if {a.participant_id for a in found} != ids:
@@ -670,7 +678,8 @@ class Participant:
                 fresh = release not in {e.release_id for e in self.ledger.entries}
                 if fresh:
                     self.ledger.reserve(
-                        release_id=release, description=f"calibration round {r} (DP-SGD)",
+                        release_id=release,
+                        description=f"calibration round {r} (DP-SGD){self._share_note()}",
                         noise_multiplier=sigma, sample_rate=calibrator.sample_rate,
                         steps=cfg.calibration.steps_per_round,
                         sensitivity=_clip_text(cfg.calibration, calibrator.clip),
@@ -737,7 +746,8 @@ class Participant:
         status = self.client.round(round_id)
         if release not in {e.release_id for e in self.ledger.entries}:
             self.ledger.reserve(
-                release_id=release, description="class statistics for the label bias",
+                release_id=release,
+                description=f"class statistics for the label bias{self._share_note()}",
                 noise_multiplier=noise_multiplier, sample_rate=cal.label_bias_sample_rate,
                 steps=1, sensitivity=f"L2 {LABEL_STATISTICS_SENSITIVITY:.4g} "
                                      "(add/remove one record)")

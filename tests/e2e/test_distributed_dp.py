@@ -65,12 +65,14 @@ def test_masked_rounds_give_the_mean_and_no_single_contribution_reads(
     for mean in means:
         torch.testing.assert_close(mean, torch.full_like(mean, expected), atol=1e-4, rtol=0)
     for pid, report in reports.items():
-        assert report.max_colluders == 1
+        assert report.max_colluders == 1, pid
         assert report.noise_share == pytest.approx(report.noise_multiplier / math.sqrt(2))
         assert report.epsilon_spent <= 4.0 + 1e-6, pid
         assert report.epsilon_if_more_collude > 1.5 * report.epsilon_spent  # sqrt(2) less noise
         assert report.masked_values_clamped == 0
         assert all(r["contributions"] == 3 for r in report.rounds)
+    ledger = next((tmp_path / "org2" / "ledger").glob("*.jsonl")).read_text()
+    assert ledger.count("this one added 1/sqrt(2) of it") == 2 + 1  # 2 rounds, label bias
     # one common noise, solved for min_records (everyone's count here): each spends the target
     assert reports["org1"].epsilon_spent == pytest.approx(4.0, abs=0.05)
     assert len({r.noise_multiplier for r in reports.values()}) == 1
@@ -102,3 +104,33 @@ def test_max_colluders_must_leave_an_honest_participant(
     server = coordinator_factory(roster=IDS)
     with pytest.raises(ProtocolError, match="leaves no honest participant"):
         _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data, max_colluders=3))
+
+
+def test_a_participant_with_another_collusion_bound_is_refused_before_any_release(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+) -> None:
+    """The bound, the records floor and the budget fix the common noise and the masks'
+    meaning: they are in the protocol plan, so a participant that differs stops at join."""
+    import dataclasses
+    import threading
+
+    from participant.errors import ProtocolError
+    from participant.federation import Participant
+
+    server = coordinator_factory()  # org1 and org2
+    first, second, _ = _configs(server, pki, tmp_path, tiny_llama_dir, shared_data)
+    second = dataclasses.replace(second, privacy=dataclasses.replace(
+        second.privacy, max_colluders=0))
+    holder, other = Participant(first), Participant(second)
+    try:
+        joined = []
+        keyholder = threading.Thread(target=lambda: joined.append(
+            holder.join(holder.client.federation(), protocol_plan=holder.protocol_plan())))
+        keyholder.start()
+        with pytest.raises(ProtocolError, match="distributed_dp: .*'max_colluders': 0"):
+            other.join(other.client.federation(), protocol_plan=other.protocol_plan())
+        keyholder.join(timeout=60)
+        assert not list((tmp_path / "org2").glob("ledger/*.jsonl"))  # nothing released
+    finally:
+        holder.close()
+        other.close()

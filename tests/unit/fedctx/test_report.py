@@ -57,6 +57,7 @@ def test_coefficient_groups_get_their_own_rows() -> None:
     ("clip_scale", "none", "residual", "residual-scaled"),
     ("clip_scale", "none", "residual_capped", "residual-capped-scaled"),
     ("noise_model", "local", "central_simulated", "central noise (simulated)"),
+    ("noise_model", "local", "distributed:4", "distributed noise (up to 4 colluding)"),
 ])
 def test_calibration_variants_get_their_own_rows(
     field: str, default: str, other: str, label: str,

@@ -100,6 +100,19 @@ def test_distributed_dp_needs_a_budget_and_min_records() -> None:
     assert PrivacySettings(max_colluders=0, min_records=16).distributed
 
 
+def test_distributed_dp_is_read_from_the_privacy_table(tmp_path: Path) -> None:
+    path = tmp_path / "participant.toml"
+    path.write_text(
+        '[participant]\nparticipant_id = "org1"\ncoordinator = "127.0.0.1:1"\n'
+        'tls_cert = "c"\ntls_key = "k"\ntls_ca = "a"\nstate_dir = "s"\nfederation_id = "f"\n'
+        'vector_source = "public"\n'
+        "[participant.privacy]\ntarget_epsilon = 8.0\nmax_colluders = 4\nmin_records = 40\n"
+        '[participant.calibration]\noptimizer = "global_adam"\nsteps_per_round = 1\n'
+        "batch_size = 12\n", encoding="utf-8")
+    privacy = ParticipantConfig.from_toml(path).privacy
+    assert (privacy.max_colluders, privacy.min_records) == (4, 40)
+
+
 def test_distributed_dp_refuses_releases_that_are_not_sums_of_equal_shares() -> None:
     from participant.calibration import CalibrationConfig
 
