@@ -809,10 +809,9 @@ class Harness:
 
     def _distributed_noise(self, spec: RunSpec, config):  # type: ignore[no-untyped-def]
         """``config`` under distributed DP (``distributed:<t>``): masked rounds tolerating
-        ``t`` colluders, the common noise solved for the cell's smallest participant."""
+        ``t`` colluders (``PrivacySettings.max_colluders``)."""
         return replace(config, privacy=replace(
-            config.privacy, max_colluders=distributed_colluders(spec.noise_model),
-            min_records=min(len(part) for part in self.splits(spec)[1])))
+            config.privacy, max_colluders=distributed_colluders(spec.noise_model)))
 
     def _federated(self, spec: RunSpec) -> dict[str, object]:
         from participant.config import ParticipantConfig, PrivacySettings

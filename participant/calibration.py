@@ -417,6 +417,10 @@ class LocalCalibrator:
         seed: seeds batch sampling and calibration noise.
         dp_noise_generator: draws DP-SGD's noise; ``None`` (deployments) uses torch's
             OS-seeded generator (``PrivacySettings.insecure_noise_seed``).
+        common_batch: divide every step's noisy gradient sum by ``config.batch_size`` even
+            when this participant has fewer records (default: by its expected batch), so
+            that a record weighs the same in every participant's update: distributed DP
+            needs every share of a summed release to have the same sensitivity.
 
     The coefficients, their gradients and the optimiser live on the CPU whatever the
     model's device (they are 4G values); each forward pass moves the per-record rows to
@@ -426,7 +430,7 @@ class LocalCalibrator:
     def __init__(
         self, lm: LoadedModel, sites: LayerSites, task: TaskSpec, examples: list[Example],
         vector: torch.Tensor, *, config: CalibrationConfig, noise_multiplier: float, seed: int,
-        dp_noise_generator: torch.Generator | None = None,
+        dp_noise_generator: torch.Generator | None = None, common_batch: bool = False,
     ) -> None:
         if not examples:
             raise ConfigError("calibration needs at least one labelled record")
@@ -435,7 +439,8 @@ class LocalCalibrator:
         self.private = noise_multiplier > 0
         self.sample_rate = min(1.0, config.batch_size / len(examples))
         #: Records per step: Poisson's expected count under DP, the batch otherwise.
-        self.expected_batch = max(1, round(self.sample_rate * len(examples)))
+        self.expected_batch = config.batch_size if common_batch else \
+            max(1, round(self.sample_rate * len(examples)))
         self.noise_multiplier = noise_multiplier
         self.coefficients = torch.nn.Parameter(
             default_coefficients(config.trained_rows(sites.num_layers)))

@@ -65,18 +65,13 @@ class PrivacySettings:
             ``t >= 0``: *distributed* DP for a federation of ``n`` participants that
             trusts at most ``t`` of them to collude (``t < n``). Contributions are
             pairwise-masked (:mod:`privacy.masking`), so a coalition of the coordinator and
-            up to ``t`` participants reads only the sum of the others, and each
-            participant adds ``1 / sqrt(n - t)`` of the noise: the honest ``n - t`` shares
-            together carry the budget's noise. Against a larger coalition a participant
-            has only its own share (the report's ``epsilon_if_more_collude``). Needs
-            ``optimizer = "global_adam"`` with ``steps_per_round = 1`` and uniform update
-            weighting (a round's release must be a sum of Gaussian mechanisms), a fixed
-            clip, no private vector release, and every participant in every round.
-        min_records: with ``max_colluders >= 0``: the fewest calibration records any
-            participant of the federation holds (public, like every record count; at
-            least the calibration batch). Every participant solves its noise for this
-            count, so all add the same noise; one with more records samples at a lower
-            rate and spends less than its target.
+            up to ``t`` participants reads only the sum of the others, and the ``n - t``
+            honest participants' noise shares together carry what each one's budget needs
+            (``participant.masked_sum.noise_shares``). Against a larger coalition a
+            participant has only its own share (the report's ``epsilon_if_more_collude``).
+            Needs ``optimizer = "global_adam"`` with ``steps_per_round = 1`` and uniform
+            update weighting (a round's release must be a sum of Gaussian mechanisms), a
+            fixed clip, no private vector release, and every participant in every round.
 
     The calibration's per-record gradient clip is ``[participant.calibration]``'s
     ``max_grad_norm`` (``clip_quantile`` for an adaptive clip, ``clip_scale`` to scale each
@@ -91,20 +86,14 @@ class PrivacySettings:
     vector_denoise: str = "james_stein"
     insecure_noise_seed: int = -1
     max_colluders: int = -1
-    min_records: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_colluders", "min_records"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an int, got {value!r}")
+        if isinstance(self.max_colluders, bool) or not isinstance(self.max_colluders, int):
+            raise ConfigError(f"max_colluders must be an int, got {self.max_colluders!r}")
         if self.max_colluders < -1:
             raise ConfigError("max_colluders must be -1 (local DP) or a count >= 0")
         if self.distributed and not self.private:
             raise ConfigError("max_colluders (distributed DP) needs a finite target_epsilon")
-        if self.distributed and self.min_records < 1:
-            raise ConfigError("max_colluders needs min_records: the fewest calibration "
-                              "records any participant of the federation holds")
         if not (self.target_epsilon > 0):
             raise ConfigError("target_epsilon must be > 0 (inf for no privacy)")
         if not 0 < self.delta < 1:
@@ -262,8 +251,5 @@ def _check_distributed(config: ParticipantConfig) -> None:
     if config.vector_source == "private":
         problems.append("vector_source 'private' is not supported (its per-participant "
                         "normalisation makes the shares unequal); use 'public'")
-    if config.privacy.min_records < cal.batch_size:
-        problems.append(f"min_records ({config.privacy.min_records}) must be at least the "
-                        f"calibration batch ({cal.batch_size}), so every expected batch is equal")
     if problems:
         raise ConfigError("distributed DP (max_colluders >= 0): " + "; ".join(problems))

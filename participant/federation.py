@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -31,12 +32,11 @@ from privacy import ckks, keyshare
 from privacy.accounting import (
     PlannedRelease,
     epsilon_for_history,
-    history_of,
     noise_multiplier_for_budget,
 )
 from privacy.ckks_workers import CkksWorkers
 from privacy.denoise import james_stein_blocks
-from privacy.errors import BudgetExhaustedError, ConfigError
+from privacy.errors import BudgetExhaustedError
 from privacy.label_bias import SENSITIVITY as LABEL_STATISTICS_SENSITIVITY
 from privacy.label_bias import balanced_bias, release_class_statistics, summed_noise_std
 from privacy.ledger import PrivacyLedger
@@ -58,7 +58,7 @@ from .errors import ProtocolError
 from .evaluation import Scores, evaluate, label_scores
 from .hooks import default_coefficients
 from .layers import layer_map_fingerprint, resolve_layer_sites
-from .masked_sum import MaskedSum, noise_share
+from .masked_sum import MaskedSum, noise_shares
 from .model import load_model
 from .protocol_plan import canonical_plan, check_plan
 from .tasks import TaskSpec, load_task
@@ -224,6 +224,7 @@ class Participant:
         self.secret_context = None
         #: pairwise masks of distributed DP, set up after the keys (None: local DP)
         self.masked_sum: MaskedSum | None = None
+        self._update_bound = 0.0  # masked calibration rounds' public value bound
         self._crypto: CkksWorkers | None = None
         self._crypto_context: object = None
 
@@ -254,41 +255,27 @@ class Participant:
                 f"these records already spent epsilon {spent:.3f} of the budget "
                 f"{privacy.target_epsilon:g} in earlier federations (ledger {self.ledger.path})"
             )
-        if privacy.distributed:
-            return self._common_noise_multiplier(plan, prior)
         return noise_multiplier_for_budget(
             target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
             plan=plan, accountant=privacy.accountant, prior_history=prior,
         )
 
-    def _common_noise_multiplier(self, plan: list[PlannedRelease],
-                                 prior: list[tuple[float, float, int]]) -> float:
-        """Distributed DP: the noise multiplier of the honest participants' *sum*, the same
-        for every participant (solved for ``min_records`` and no earlier spending), after
-        checking that this participant's own releases fit its budget."""
+    def _floor_noise_multiplier(self, *, records: int) -> float:
+        """What the budget needs for a participant with ``records`` calibration records and
+        nothing spent before: the same for every participant of a federation (all inputs
+        are in the protocol plan)."""
         privacy = self.config.privacy
-        if len(self.records) < privacy.min_records:
-            raise ConfigError(f"{len(self.records)} calibration records, fewer than the "
-                              f"federation's min_records = {privacy.min_records}")
-        sigma = noise_multiplier_for_budget(
+        return noise_multiplier_for_budget(
             target_epsilon=privacy.target_epsilon, target_delta=privacy.delta,
-            plan=planned_releases(self.config, records=privacy.min_records),
-            accountant=privacy.accountant)
-        total = epsilon_for_history([*prior, *history_of(plan, sigma)], delta=privacy.delta,
-                                    accountant=privacy.accountant)
-        if total > privacy.target_epsilon * (1 + 1e-6):
-            raise BudgetExhaustedError(
-                f"the federation's common noise costs these records epsilon {total:.3f} with "
-                f"what they spent earlier, over the budget {privacy.target_epsilon:g} "
-                f"(ledger {self.ledger.path})")
-        return sigma
+            plan=planned_releases(self.config, records=records), accountant=privacy.accountant)
 
-    def epsilon_if_more_collude(self, sigma: float, *, participants: int) -> float:
-        """Distributed DP: this participant's epsilon from its own noise shares alone, what
-        it has against a coalition of more than ``max_colluders``."""
+    def epsilon_if_more_collude(self, share: float, *, honest: int) -> float:
+        """Distributed DP: this participant's epsilon from its own noise shares alone (its
+        calibration ``share``, ``1 / sqrt(honest)`` of the label-bias multiplier), what it
+        keeps against a coalition of more than ``max_colluders``."""
         privacy = self.config.privacy
-        factor = noise_share(1.0, participants=participants, max_colluders=privacy.max_colluders)
-        history = [(m * factor, q, steps) for m, q, steps in history_of(self.plan(), sigma)]
+        history = [(share if r.noise_multiplier is None else r.noise_multiplier / math.sqrt(honest),
+                    r.sample_rate, r.steps) for r in self.plan()]
         return epsilon_for_history(history, delta=privacy.delta, accountant=privacy.accountant)
 
     # -- keys ---------------------------------------------------------------------------
@@ -318,7 +305,6 @@ class Participant:
             "optimizer": cal.optimizer, "sgd_learning_rate": cal.sgd_learning_rate,
             **({"distributed_dp": {
                 "max_colluders": cfg.privacy.max_colluders,
-                "min_records": cfg.privacy.min_records,
                 "max_calibration_records": cfg.max_calibration_records,
                 "target_epsilon": cfg.privacy.target_epsilon, "delta": cfg.privacy.delta,
                 "accountant": cfg.privacy.accountant, "max_grad_norm": cal.max_grad_norm,
@@ -426,18 +412,29 @@ class Participant:
         self.secret_context = context
 
     def _start_masking(self, federation: pb.GetFederationResponse, *, sigma: float,
-                       report: ParticipantReport) -> float:
+                       report: ParticipantReport) -> tuple[float, float, float]:
         """Distributed DP: check that every round needs the whole roster, derive the pair
-        masks from the verified key announcements, and return this participant's share of
-        ``sigma``."""
+        masks from the verified key announcements and split the noise
+        (:func:`noise_shares`). Returns ``(effective noise multiplier for the ledger,
+        calibration share added, fraction of the label bias's multiplier added)``."""
         cfg = self.config
         roster = list(federation.roster)
         if federation.quorum != len(roster):
             raise ProtocolError(
                 f"distributed DP needs every participant in every round, but the coordinator "
                 f"closes rounds with a quorum of {federation.quorum} of {len(roster)}")
-        share = noise_share(sigma, participants=len(roster),
-                            max_colluders=cfg.privacy.max_colluders)
+        shares = noise_shares(
+            own=sigma, floor=self._floor_noise_multiplier(records=cfg.max_calibration_records),
+            participants=len(roster), max_colluders=cfg.privacy.max_colluders)
+        honest = len(roster) - cfg.privacy.max_colluders
+        # A public bound on an update's coordinate: the lr times the clip times 3 expected
+        # batches of clipped gradients plus 8 stds of the largest share anyone adds (that of
+        # a participant sampling every record) over the batch. Larger values are clamped
+        # (post-processing; counted in the report).
+        cal = cfg.calibration
+        most = self._floor_noise_multiplier(records=cal.batch_size)
+        self._update_bound = cal.sgd_learning_rate * cal.max_grad_norm * (
+            3 + 8 * most / cal.batch_size)
         private, _ = self._x25519()
         announcements = _poll(
             "every participant's key announcement",
@@ -446,17 +443,17 @@ class Participant:
         self.masked_sum = MaskedSum(
             own_id=cfg.participant_id, x25519_private=private, announcements=announcements,
             roster=roster, federation_id=cfg.federation_id,
-            ca_certificate_pem=cfg.tls_ca.read_bytes(),
-            ckks_params=cfg.ckks,
+            ca_certificate_pem=cfg.tls_ca.read_bytes(), ckks_params=cfg.ckks,
             seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"))
+        report.noise_multiplier = shares.effective
         report.max_colluders = cfg.privacy.max_colluders
-        report.noise_share = share
-        report.epsilon_if_more_collude = self.epsilon_if_more_collude(
-            sigma, participants=len(roster))
+        report.noise_share = shares.share
+        report.epsilon_if_more_collude = self.epsilon_if_more_collude(shares.share,
+                                                                      honest=honest)
         logger.info("[Participant] masked rounds: %d participants, up to %d colluding, "
                     "modulus 2^%d", len(roster), cfg.privacy.max_colluders,
                     self.masked_sum.bits)
-        return share
+        return shares.effective, shares.share, 1 / math.sqrt(honest)
 
     def _share_note(self) -> str:
         """What a ledger entry's noise multiplier means under distributed DP ('' if local)."""
@@ -471,16 +468,6 @@ class Participant:
         if {a.participant_id for a in found} != ids:
             raise _NotYet
         return found
-
-    def _update_bound(self, calibrator: LocalCalibrator) -> float:
-        """Public bound on a coordinate of a one-step SGD update, from settings the plan
-        pins: the learning rate times the clip times (3 expected batches of clipped
-        gradients + 8 noise stds) over the expected batch (the calibration batch, since
-        every participant holds ``min_records`` >= it). A Poisson batch past 3x its mean
-        is clamped (rare; counted in the report)."""
-        cal = self.config.calibration
-        return cal.sgd_learning_rate * cal.max_grad_norm * (
-            3 + 8 * calibrator.noise_multiplier / cal.batch_size)
 
     # -- one encrypted round ------------------------------------------------------------
     def crypto(self) -> CkksWorkers:
@@ -573,9 +560,11 @@ class Participant:
             raise ProtocolError(f"{cfg.participant_id!r} is not in the federation's roster")
         start = time.perf_counter()
         federation = self.join(federation, protocol_plan=self.protocol_plan())
-        added = sigma  # the noise multiplier this participant adds to each release
+        added = sigma  # the noise multiplier this participant adds to each calibration step
+        label_bias_share = 1.0  # and the fraction of the label bias's multiplier
         if cfg.privacy.distributed:
-            added = self._start_masking(federation, sigma=sigma, report=report)
+            sigma, added, label_bias_share = self._start_masking(
+                federation, sigma=sigma, report=report)
         timings["keys"] = time.perf_counter() - start
 
         cached = self.fetch_cached_task() if cfg.use_cached_task else None
@@ -670,6 +659,7 @@ class Participant:
                 self.lm, self.sites, task, self.records, vector, config=cfg.calibration,
                 noise_multiplier=added, seed=cfg.seed,
                 dp_noise_generator=cfg.privacy.noise_generator("calibration"),
+                common_batch=cfg.privacy.distributed,
             )
             for r in range(1, cfg.calibration.rounds + 1):
                 round_id = f"calib-{cfg.vector_source}-{r}"
@@ -700,7 +690,7 @@ class Participant:
                 mean, count = self.secure_mean(
                     round_id, payload, kind="coefficient_update",
                     federation=federation, release_id=release,
-                    mask_bound=self._update_bound(calibrator) if self.masked_sum else None,
+                    mask_bound=self._update_bound if self.masked_sum else None,
                 )
                 if weighted:
                     mean = mean[:-1] / mean[-1]
@@ -718,7 +708,7 @@ class Participant:
         if cfg.calibration.label_bias == "balanced":
             start = time.perf_counter()
             label_bias = self._label_bias_round(vector, coefficients, sigma=sigma,
-                                                added=added, federation=federation,
+                                                share=label_bias_share, federation=federation,
                                                 report=report)
             timings["label_bias"] = time.perf_counter() - start
         report.epsilon_spent = self.ledger.epsilon_spent()
@@ -731,18 +721,18 @@ class Participant:
         return report
 
     def _label_bias_round(self, vector: torch.Tensor, coefficients: torch.Tensor, *,
-                          sigma: float, added: float, federation: pb.GetFederationResponse,
+                          sigma: float, share: float, federation: pb.GetFederationResponse,
                           report: ParticipantReport) -> torch.Tensor:
         """Release this participant's class statistics under the calibrated model, sum
         them with the others' through the secure mean, and return the class-balanced
-        label bias ``[C]`` (:mod:`privacy.label_bias`). ``added / sigma`` is the share of
-        the noise this participant adds (1 under local DP)."""
+        label bias ``[C]`` (:mod:`privacy.label_bias`). ``share`` is the fraction of the
+        release's noise this participant adds (1 under local DP)."""
         cfg, cal = self.config, self.config.calibration
         round_id = f"label-bias-{cfg.vector_source}"
         release = f"{cfg.federation_id}/{round_id}"
         # under DP its own fixed multiplier (in the plan the common sigma was solved with)
         noise_multiplier = cal.label_bias_noise_multiplier if sigma > 0 else 0.0
-        noise_added = noise_multiplier * added / sigma if sigma > 0 else 0.0
+        noise_added = noise_multiplier * share
         status = self.client.round(round_id)
         if release not in {e.release_id for e in self.ledger.entries}:
             self.ledger.reserve(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,9 +21,34 @@ from proto.fedctx.v1 import fedctx_pb2 as pb
 from .errors import ProtocolError
 
 
-def noise_share(noise_multiplier: float, *, participants: int, max_colluders: int) -> float:
-    """What each participant adds of ``noise_multiplier`` so that the sum of any
-    ``participants - max_colluders`` shares carries all of it: ``sigma / sqrt(n - t)``.
+@dataclass(frozen=True, slots=True)
+class NoiseShares:
+    """One participant's noise under distributed DP, as noise multipliers (of the clip).
+
+    Attributes:
+        share: what it adds to each calibration release.
+        effective: a lower bound on the noise multiplier of the honest participants' sum for
+            its records (its share plus ``n - t - 1`` others' at least ``base``): what its
+            ledger records, at least what its budget needs.
+        base: the least share any participant adds.
+    """
+
+    share: float
+    effective: float
+    base: float
+
+
+def noise_shares(*, own: float, floor: float, participants: int,
+                 max_colluders: int) -> NoiseShares:
+    """Split the noise so that the sum of any ``h = participants - max_colluders`` shares
+    carries what each participant's budget needs.
+
+    ``own`` is what this participant's records need on their own (its sampling rate, its
+    earlier spending); ``floor`` what the budget needs at the protocol's record cap, the
+    least any participant needs (the same for all). Everyone adds at least
+    ``base = floor / sqrt(h)``; a participant that needs more (fewer records: a higher
+    sampling rate) adds ``sqrt(own^2 - (h - 1) base^2)``, so that its share with ``h - 1``
+    others' carries ``own``. Its extra noise stays its own: the others do not pay for it.
 
     Raises:
         ProtocolError: ``max_colluders`` is not below ``participants``.
@@ -31,7 +57,10 @@ def noise_share(noise_multiplier: float, *, participants: int, max_colluders: in
     if honest < 1:
         raise ProtocolError(f"max_colluders = {max_colluders} leaves no honest participant "
                             f"in a federation of {participants}")
-    return noise_multiplier / math.sqrt(honest)
+    base = floor / math.sqrt(honest)
+    others = (honest - 1) * base ** 2
+    share = math.sqrt(max(base ** 2, own ** 2 - others))
+    return NoiseShares(share=share, effective=math.sqrt(share ** 2 + others), base=base)
 
 
 class MaskedSum:

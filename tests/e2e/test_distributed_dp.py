@@ -24,8 +24,7 @@ def _configs(server, pki, tmp_path, tiny_llama_dir, shared_data, *, max_colluder
 
     calibration = CalibrationConfig(rounds=2, steps_per_round=1, batch_size=4,
                                     optimizer="global_adam", label_bias="balanced")
-    privacy = PrivacySettings(target_epsilon=4.0, max_colluders=max_colluders,
-                              min_records=RECORDS)
+    privacy = PrivacySettings(target_epsilon=4.0, max_colluders=max_colluders)
     return [_participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
                                 vector_source="public", calibration=calibration,
                                 privacy=privacy, max_calibration_records=RECORDS,
@@ -60,10 +59,11 @@ def test_masked_rounds_give_the_mean_and_no_single_contribution_reads(
     server = coordinator_factory(roster=IDS)
     reports = _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data))
 
-    assert len(means) == 3 * 2 and len(set(updates)) > 1
+    assert len(means) == 3 * 2 and max(updates) - min(updates) >= 1e-3
     expected = sum(updates) / len(updates)  # the same updates in both rounds
     for mean in means:
-        torch.testing.assert_close(mean, torch.full_like(mean, expected), atol=1e-4, rtol=0)
+        # to a few fixed-point steps (each about 1e-4 here), far below the spread of updates
+        torch.testing.assert_close(mean, torch.full_like(mean, expected), atol=5e-4, rtol=0)
     for pid, report in reports.items():
         assert report.max_colluders == 1, pid
         assert report.noise_share == pytest.approx(report.noise_multiplier / math.sqrt(2))
@@ -73,7 +73,7 @@ def test_masked_rounds_give_the_mean_and_no_single_contribution_reads(
         assert all(r["contributions"] == 3 for r in report.rounds)
     ledger = next((tmp_path / "org2" / "ledger").glob("*.jsonl")).read_text()
     assert ledger.count("this one added 1/sqrt(2) of it") == 2 + 1  # 2 rounds, label bias
-    # one common noise, solved for min_records (everyone's count here): each spends the target
+    # every participant holds the record cap, so each adds the base share and spends the target
     assert reports["org1"].epsilon_spent == pytest.approx(4.0, abs=0.05)
     assert len({r.noise_multiplier for r in reports.values()}) == 1
 

@@ -379,8 +379,6 @@ def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  
         dataclasses.replace(grid, steps_per_round=3)
 
     harness = Harness(grid, tmp_path)
-    parts = [[object()] * 64, [object()] * 40]  # the harness caps each at 64 records
-    harness.splits = lambda _spec: (None, parts, None, None)  # type: ignore[method-assign]
     participant = ParticipantConfig(
         participant_id="p00", coordinator="127.0.0.1:1", task="sst2", vector_source="public",
         tls_cert="c", tls_key="k", tls_ca="ca", state_dir=tmp_path, federation_id="f",
@@ -388,4 +386,4 @@ def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  
         calibration=CalibrationConfig(rounds=20, steps_per_round=1, batch_size=12,
                                       optimizer="global_adam"))
     privacy = harness._distributed_noise(cell, participant).privacy
-    assert (privacy.max_colluders, privacy.min_records, privacy.target_epsilon) == (4, 40, 8.0)
+    assert (privacy.max_colluders, privacy.target_epsilon) == (4, 8.0)

@@ -87,17 +87,15 @@ def test_ckks_workers_is_checked_and_read_from_toml(tmp_path: Path) -> None:
     assert ParticipantConfig.from_toml(path).ckks_workers == 4
 
 
-def test_distributed_dp_needs_a_budget_and_min_records() -> None:
+def test_distributed_dp_needs_a_budget() -> None:
     with pytest.raises(ConfigError, match="finite target_epsilon"):
-        PrivacySettings(target_epsilon=math.inf, max_colluders=2, min_records=16)
-    with pytest.raises(ConfigError, match="min_records"):
-        PrivacySettings(max_colluders=2)
+        PrivacySettings(target_epsilon=math.inf, max_colluders=2)
     with pytest.raises(ConfigError, match="-1 \\(local DP\\)"):
         PrivacySettings(max_colluders=-2)
     with pytest.raises(ConfigError, match="must be an int"):
-        PrivacySettings(max_colluders=True, min_records=16)  # type: ignore[arg-type]
+        PrivacySettings(max_colluders=True)  # type: ignore[arg-type]
     assert not PrivacySettings().distributed
-    assert PrivacySettings(max_colluders=0, min_records=16).distributed
+    assert PrivacySettings(max_colluders=0).distributed
 
 
 def test_distributed_dp_is_read_from_the_privacy_table(tmp_path: Path) -> None:
@@ -106,17 +104,17 @@ def test_distributed_dp_is_read_from_the_privacy_table(tmp_path: Path) -> None:
         '[participant]\nparticipant_id = "org1"\ncoordinator = "127.0.0.1:1"\n'
         'tls_cert = "c"\ntls_key = "k"\ntls_ca = "a"\nstate_dir = "s"\nfederation_id = "f"\n'
         'vector_source = "public"\n'
-        "[participant.privacy]\ntarget_epsilon = 8.0\nmax_colluders = 4\nmin_records = 40\n"
+        "[participant.privacy]\ntarget_epsilon = 8.0\nmax_colluders = 4\n"
         '[participant.calibration]\noptimizer = "global_adam"\nsteps_per_round = 1\n'
         "batch_size = 12\n", encoding="utf-8")
     privacy = ParticipantConfig.from_toml(path).privacy
-    assert (privacy.max_colluders, privacy.min_records) == (4, 40)
+    assert privacy.max_colluders == 4
 
 
 def test_distributed_dp_refuses_releases_that_are_not_sums_of_equal_shares() -> None:
     from participant.calibration import CalibrationConfig
 
-    privacy = PrivacySettings(max_colluders=3, min_records=16)
+    privacy = PrivacySettings(max_colluders=3)
     summable = CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=12)
     config = _config(privacy=privacy, calibration=summable, vector_source="public")
     assert config.privacy.max_colluders == 3
@@ -129,8 +127,6 @@ def test_distributed_dp_refuses_releases_that_are_not_sums_of_equal_shares() -> 
         (CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=12,
                            clip_quantile=0.5), "public", "clip_quantile"),
         (summable, "private", "vector_source 'private'"),
-        (CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=32),
-         "public", "at least the\\s+calibration batch"),
     ):
         with pytest.raises(ConfigError, match=match):
             _config(privacy=privacy, calibration=calibration, vector_source=vector_source)
