@@ -12,7 +12,11 @@ noise std on its step's mean clipped gradient, in units of the clip norm, is
 * the aggregate noise std of the uniform mean; of the mean weighted as
   ``update_weighting = "precision"`` weights it (``w_k = q_k n_k / sqrt(1 + sigma_k^2)``,
   std ``sqrt(sum_k w_k^2 s_k^2) / sum_k w_k``); and of the linear optimum, the
-  inverse-variance weighted mean (weights ``1 / s_k^2``, std ``1 / sqrt(sum_k 1 / s_k^2)``).
+  inverse-variance weighted mean (weights ``1 / s_k^2``, std ``1 / sqrt(sum_k 1 / s_k^2)``);
+* with ``--max-colluders t``, the mean's std under distributed DP
+  (``PrivacySettings.max_colluders``: pairwise-masked rounds, every participant adding
+  its :func:`participant.masked_sum.noise_shares` share and weighing its update by its
+  weight, updates divided by the common batch), ``sqrt(sum_k (w_k share_k)^2) / (B sum_k w_k)``.
 
 Only the accountant and the data split run; no model is loaded. These are linear noise
 figures: they describe ``optimizer = "global_adam"``, whose participants send plain SGD
@@ -24,7 +28,7 @@ precision-weighted column, and precision weights on top like the inverse-varianc
 promised 2.8-4.2x less noise). The table says where the noise enters, not the accuracy it costs.
 
     .venv/bin/python benchmarks/dp_aggregate_noise.py [--tasks sst2 subj trec agnews]
-        [--seeds 0 1 2] [--evaluation-split test|validation]
+        [--seeds 0 1 2] [--evaluation-split test|validation] [--max-colluders 4]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from _common import SHARED_DATA, print_footer, print_header, print_table
 from participant.calibration import precision_weight
+from participant.masked_sum import noise_shares
 from privacy.accounting import PlannedRelease, noise_multiplier_for_budget
 
 
@@ -61,6 +66,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="calibration steps in all rounds")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[8.0, 1.0])
     parser.add_argument("--batches", type=int, nargs="+", default=[12, 64])
+    parser.add_argument("--max-colluders", type=int, default=-1,
+                        help="t >= 0 adds the distributed-DP column (t colluders tolerated)")
     parser.add_argument("--evaluation-split", choices=["test", "validation"], default="test",
                         help="validation: the harness first holds out 40 records per class "
                              "of the train split (evaluation_split = \"validation\")")
@@ -101,16 +108,28 @@ def main() -> None:
                         weights, noise, strict=True))) / sum(weights)
                     weighted = 1.0 / math.sqrt(sum(1.0 / (s * s) for s in noise))
                     share = noise[k] ** 2 / sum(s * s for s in noise)
+                    distributed = []
+                    if args.max_colluders >= 0:
+                        floor = sigma_for(epsilon, min(1.0, batch / args.records))
+                        shares = [noise_shares(
+                            own=sigma_for(epsilon, min(1.0, batch / n)), floor=floor,
+                            participants=len(sizes), max_colluders=args.max_colluders)
+                            for n in sizes]
+                        std = math.sqrt(sum((x.weight * x.share) ** 2 for x in shares)) / (
+                            batch * sum(x.weight for x in shares))
+                        distributed = [f"{std:.4f} ({uniform / std:.2f}x)"]
                     rows.append([
                         task, seed, f"{epsilon:g}", batch, f"{min(sizes)}-{max(sizes)}",
                         f"{sigma_for(epsilon, min(1.0, batch / sizes[k])):.3f}",
                         f"{noise[k]:.4f}", f"{share:.0%}", f"{uniform:.4f}",
                         f"{precision:.4f} ({uniform / precision:.2f}x)",
-                        f"{weighted:.4f} ({uniform / weighted:.2f}x)",
+                        f"{weighted:.4f} ({uniform / weighted:.2f}x)", *distributed,
                     ])
     print_table(["task", "seed", "epsilon", "B", "records (min-max)", "sigma (smallest)",
                  "s (smallest)", "its share of variance", "uniform mean std",
-                 "precision-weighted std", "inverse-variance std"], rows, left=2)
+                 "precision-weighted std", "inverse-variance std",
+                 *([f"distributed std (t = {args.max_colluders})"]
+                   if args.max_colluders >= 0 else [])], rows, left=2)
     print_footer()
 
 

@@ -862,6 +862,8 @@ class Harness:
             if first.vector_shrinkage else {}  # type: ignore[attr-defined]
         distributed = {  # what a coalition larger than the bound leaves each participant
             "noise_share": first.noise_share,  # type: ignore[attr-defined]
+            "update_weight_range": [min(r.update_weight for r in reports.values()),  # type: ignore[attr-defined]
+                                    max(r.update_weight for r in reports.values())],  # type: ignore[attr-defined]
             "epsilon_if_more_collude": max(
                 r.epsilon_if_more_collude for r in reports.values()),  # type: ignore[attr-defined]
             "masked_values_clamped": sum(

@@ -87,11 +87,14 @@ class ParticipantReport:
     rounds: list[dict[str, object]] = field(default_factory=list)
     #: the class-balanced label bias added at inference (``label_bias = "balanced"``)
     label_bias: list[float] = field(default_factory=list)
-    #: distributed DP (``max_colluders >= 0``): ``noise_multiplier`` is the sum's, each
-    #: release carried ``noise_share`` of it, ``epsilon_spent`` holds while at most
-    #: ``max_colluders`` collude and ``epsilon_if_more_collude`` is what the shares alone give
+    #: distributed DP (``max_colluders >= 0``, :class:`participant.masked_sum.NoiseShares`):
+    #: ``noise_multiplier`` is the honest sum's, each calibration step carried
+    #: ``noise_share``, the update counted ``update_weight`` in the mean, ``epsilon_spent``
+    #: holds while at most ``max_colluders`` collude and ``epsilon_if_more_collude`` is
+    #: what the shares alone give
     max_colluders: int = -1
     noise_share: float | None = None
+    update_weight: float | None = None
     epsilon_if_more_collude: float | None = None
     #: masked values clamped to their round's public bound (a count; should stay 0)
     masked_values_clamped: int = 0
@@ -225,6 +228,7 @@ class Participant:
         #: pairwise masks of distributed DP, set up after the keys (None: local DP)
         self.masked_sum: MaskedSum | None = None
         self._update_bound = 0.0  # masked calibration rounds' public value bound
+        self._update_weight = 1.0  # this participant's weight in them (NoiseShares.weight)
         self._crypto: CkksWorkers | None = None
         self._crypto_context: object = None
 
@@ -415,8 +419,9 @@ class Participant:
                        report: ParticipantReport) -> tuple[float, float, float]:
         """Distributed DP: check that every round needs the whole roster, derive the pair
         masks from the verified key announcements and split the noise
-        (:func:`noise_shares`). Returns ``(effective noise multiplier for the ledger,
-        calibration share added, fraction of the label bias's multiplier added)``."""
+        (:func:`noise_shares`, which also sets this participant's update weight). Returns
+        ``(effective noise multiplier for the ledger, calibration share added, fraction of
+        the label bias's multiplier added)``."""
         cfg = self.config
         roster = list(federation.roster)
         if federation.quorum != len(roster):
@@ -427,14 +432,15 @@ class Participant:
             own=sigma, floor=self._floor_noise_multiplier(records=cfg.max_calibration_records),
             participants=len(roster), max_colluders=cfg.privacy.max_colluders)
         honest = len(roster) - cfg.privacy.max_colluders
-        # A public bound on an update's coordinate: the lr times the clip times 3 expected
-        # batches of clipped gradients plus 8 stds of the largest share anyone adds (that of
-        # a participant sampling every record) over the batch. Larger values are clamped
-        # (post-processing; counted in the report).
+        # A public bound on a weighted update's coordinate: the lr times the clip times 3
+        # expected batches of clipped gradients plus 8 stds of a weighted share (the same
+        # for all) over the batch, and at least the weight slot's 1. Larger values are
+        # clamped (post-processing; counted in the report).
         cal = cfg.calibration
-        most = self._floor_noise_multiplier(records=cal.batch_size)
-        self._update_bound = cal.sgd_learning_rate * cal.max_grad_norm * (
-            3 + 8 * most / cal.batch_size)
+        weighted_share = shares.share * shares.weight
+        self._update_bound = max(1.0, cal.sgd_learning_rate * cal.max_grad_norm * (
+            3 + 8 * weighted_share / cal.batch_size))
+        self._update_weight = shares.weight
         private, _ = self._x25519()
         announcements = _poll(
             "every participant's key announcement",
@@ -448,6 +454,7 @@ class Participant:
         report.noise_multiplier = shares.effective
         report.max_colluders = cfg.privacy.max_colluders
         report.noise_share = shares.share
+        report.update_weight = shares.weight
         report.epsilon_if_more_collude = self.epsilon_if_more_collude(shares.share,
                                                                       honest=honest)
         logger.info("[Participant] masked rounds: %d participants, up to %d colluding, "
@@ -683,9 +690,11 @@ class Participant:
                     compute_s = time.perf_counter() - began
                 sent, waited_from = self.client.bytes_sent, time.perf_counter()
                 payload = update.double().numpy().ravel()
-                weighted = cfg.calibration.update_weighting == "precision"
+                weighted = cfg.calibration.update_weighting == "precision" \
+                    or cfg.privacy.distributed
                 if weighted:  # sum_k w_k u_k / sum_k w_k, the weight in one extra slot
-                    weight = calibrator.update_weight()
+                    weight = self._update_weight if cfg.privacy.distributed \
+                        else calibrator.update_weight()
                     payload = np.concatenate([payload * weight, [weight]])
                 mean, count = self.secure_mean(
                     round_id, payload, kind="coefficient_update",

@@ -23,32 +23,35 @@ from .errors import ProtocolError
 
 @dataclass(frozen=True, slots=True)
 class NoiseShares:
-    """One participant's noise under distributed DP, as noise multipliers (of the clip).
+    """One participant's part of a distributed-DP calibration release.
 
     Attributes:
-        share: what it adds to each calibration release.
-        effective: a lower bound on the noise multiplier of the honest participants' sum for
-            its records (its share plus ``n - t - 1`` others' at least ``base``): what its
+        share: the noise multiplier (of the clip) it adds to each step.
+        weight: what it multiplies its update by in the federation's weighted mean, in
+            (0, 1]: 1 unless its records need more noise than the floor.
+        effective: a lower bound on the noise multiplier, relative to one of its records'
+            weighted sensitivity, of any ``h`` honest participants' weighted sum: what its
             ledger records, at least what its budget needs.
-        base: the least share any participant adds.
     """
 
     share: float
+    weight: float
     effective: float
-    base: float
 
 
 def noise_shares(*, own: float, floor: float, participants: int,
                  max_colluders: int) -> NoiseShares:
-    """Split the noise so that the sum of any ``h = participants - max_colluders`` shares
-    carries what each participant's budget needs.
+    """Split the noise so that any ``h = participants - max_colluders`` honest participants'
+    weighted sum carries what each one's budget needs.
 
     ``own`` is what this participant's records need on their own (its sampling rate, its
     earlier spending); ``floor`` what the budget needs at the protocol's record cap, the
-    least any participant needs (the same for all). Everyone adds at least
-    ``base = floor / sqrt(h)``; a participant that needs more (fewer records: a higher
-    sampling rate) adds ``sqrt(own^2 - (h - 1) base^2)``, so that its share with ``h - 1``
-    others' carries ``own``. Its extra noise stays its own: the others do not pay for it.
+    least any participant needs (the same for all). Each adds ``max(own, floor) / sqrt(h)``
+    and weighs its update by ``w = floor / max(own, floor)``. Every weighted share then has
+    the same std, ``floor / sqrt(h)`` clips, so any ``h`` of them sum to ``floor`` clips,
+    which is ``max(own, floor)`` times a record's weighted sensitivity ``w`` clips. A
+    participant whose few records need more noise counts less in the mean instead of
+    adding noise that the others would carry.
 
     Raises:
         ProtocolError: ``max_colluders`` is not below ``participants``.
@@ -57,10 +60,8 @@ def noise_shares(*, own: float, floor: float, participants: int,
     if honest < 1:
         raise ProtocolError(f"max_colluders = {max_colluders} leaves no honest participant "
                             f"in a federation of {participants}")
-    base = floor / math.sqrt(honest)
-    others = (honest - 1) * base ** 2
-    share = math.sqrt(max(base ** 2, own ** 2 - others))
-    return NoiseShares(share=share, effective=math.sqrt(share ** 2 + others), base=base)
+    need = max(own, floor)
+    return NoiseShares(share=need / math.sqrt(honest), weight=floor / need, effective=need)
 
 
 class MaskedSum:
