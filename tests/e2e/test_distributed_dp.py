@@ -134,3 +134,48 @@ def test_a_participant_with_another_collusion_bound_is_refused_before_any_releas
     finally:
         holder.close()
         other.close()
+
+
+def test_a_participant_with_few_records_is_weighed_down_not_everyone_noised_up(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """org3 holds 6 records (Poisson rate 4/6 against 4/16): its budget needs more noise.
+    It adds that noise over sqrt(h) and weighs its update by floor / own < 1, so the
+    decrypted mean is the weighted mean of the known updates, its ledger holds its own
+    need, and the others' shares stay at the floor's."""
+    import dataclasses
+
+    from participant.calibration import GlobalCoefficients, LocalCalibrator
+
+    lines = (shared_data / "sst2" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    small = tmp_path / "org3-records.jsonl"
+    small.write_text("\n".join(lines[:6]) + "\n", encoding="utf-8")
+    means: list[torch.Tensor] = []
+    real_apply = GlobalCoefficients.apply
+
+    def known_update(self, coefficients):  # type: ignore[no-untyped-def]
+        return torch.full_like(coefficients, len(self.queries.texts) / 1000)
+
+    def recorded_apply(self, mean_update):  # type: ignore[no-untyped-def]
+        means.append(mean_update.clone())
+        return real_apply(self, mean_update)
+
+    monkeypatch.setattr(LocalCalibrator, "run_round", known_update)
+    monkeypatch.setattr(GlobalCoefficients, "apply", recorded_apply)
+    server = coordinator_factory(roster=IDS)
+    configs = _configs(server, pki, tmp_path, tiny_llama_dir, shared_data)
+    configs[2] = dataclasses.replace(configs[2], data_file=str(small))
+    reports = _run_all(configs)
+
+    big, few = reports["org1"], reports["org3"]
+    assert few.records == 6 and big.records == RECORDS
+    assert big.update_weight == 1.0 and reports["org2"].update_weight == 1.0
+    assert 0 < few.update_weight < 1
+    assert few.noise_multiplier > big.noise_multiplier  # its own, larger need
+    assert few.noise_share * few.update_weight == pytest.approx(big.noise_share)
+    assert few.epsilon_spent == pytest.approx(4.0, abs=0.05)
+    expected = (2 * RECORDS / 1000 + few.update_weight * 6 / 1000) / (2 + few.update_weight)
+    assert abs(expected - (2 * RECORDS + 6) / 3000) > 1e-3  # not the plain mean
+    for mean in means:
+        torch.testing.assert_close(mean, torch.full_like(mean, expected), atol=5e-4, rtol=0)
