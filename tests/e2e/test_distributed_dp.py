@@ -155,7 +155,7 @@ def test_a_participant_with_few_records_is_weighed_down_not_everyone_noised_up(
     real_apply = GlobalCoefficients.apply
 
     def known_update(self, coefficients):  # type: ignore[no-untyped-def]
-        return torch.full_like(coefficients, len(self.queries.texts) / 1000)
+        return torch.full_like(coefficients, len(self.queries.texts) / 100)
 
     def recorded_apply(self, mean_update):  # type: ignore[no-untyped-def]
         means.append(mean_update.clone())
@@ -175,7 +175,7 @@ def test_a_participant_with_few_records_is_weighed_down_not_everyone_noised_up(
     assert few.noise_multiplier > big.noise_multiplier  # its own, larger need
     assert few.noise_share * few.update_weight == pytest.approx(big.noise_share)
     assert few.epsilon_spent == pytest.approx(4.0, abs=0.05)
-    expected = (2 * RECORDS / 1000 + few.update_weight * 6 / 1000) / (2 + few.update_weight)
-    assert abs(expected - (2 * RECORDS + 6) / 3000) > 1e-3  # not the plain mean
+    expected = (2 * RECORDS / 100 + few.update_weight * 6 / 100) / (2 + few.update_weight)
+    assert abs(expected - (2 * RECORDS + 6) / 300) > 3e-3  # not the plain mean
     for mean in means:
         torch.testing.assert_close(mean, torch.full_like(mean, expected), atol=5e-4, rtol=0)
