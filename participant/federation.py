@@ -467,8 +467,9 @@ class Participant:
         if self.masked_sum is None:
             return ""
         honest = self.masked_sum.participants - self.config.privacy.max_colluders
-        return (f"; distributed DP: the noise multiplier is that of the sum of at least "
-                f"{honest} honest participants' shares, this one added 1/sqrt({honest}) of it")
+        return (f"; distributed DP: the noise multiplier is what the weighted shares of at "
+                f"least {honest} honest participants give this participant's records, this "
+                f"one added 1/sqrt({honest}) of it")
 
     def _announced(self, ids: set[str]) -> list[pb.KeyAnnouncement]:
         found = [a for a in self.client.key_announcements() if a.participant_id in ids]
