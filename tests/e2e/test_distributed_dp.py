@@ -31,6 +31,26 @@ def _configs(server, pki, tmp_path, tiny_llama_dir, shared_data, *, max_colluder
                                 num_partitions=3) for pid in IDS]
 
 
+def _record_means(monkeypatch: pytest.MonkeyPatch, update) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Replace every calibration round's update by ``update(calibrator)`` (a float) and
+    return the list that collects each decrypted mean the global optimiser is given."""
+    from participant.calibration import GlobalCoefficients, LocalCalibrator
+
+    means: list[torch.Tensor] = []
+    real_apply = GlobalCoefficients.apply
+
+    def known_update(self, coefficients):  # type: ignore[no-untyped-def]
+        return torch.full_like(coefficients, update(self))
+
+    def recorded_apply(self, mean_update):  # type: ignore[no-untyped-def]
+        means.append(mean_update.clone())
+        return real_apply(self, mean_update)
+
+    monkeypatch.setattr(LocalCalibrator, "run_round", known_update)
+    monkeypatch.setattr(GlobalCoefficients, "apply", recorded_apply)
+    return means
+
+
 def test_masked_rounds_give_the_mean_and_no_single_contribution_reads(
     coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -39,23 +59,15 @@ def test_masked_rounds_give_the_mean_and_no_single_contribution_reads(
     every participant's decrypted, unmasked mean is their mean to the fixed point's step,
     while a colluder holding the CKKS key and one stored contribution reads uniform
     residues, not the participant's update."""
-    from participant.calibration import GlobalCoefficients, LocalCalibrator
     from privacy import ckks, payload
 
-    means: list[torch.Tensor] = []
     updates: list[float] = []
-    real_apply = GlobalCoefficients.apply
 
-    def known_update(self, coefficients):  # type: ignore[no-untyped-def]
-        updates.append(float(self.queries.labels.sum()) / 1000)
-        return torch.full_like(coefficients, updates[-1])
+    def known_update(calibrator) -> float:  # type: ignore[no-untyped-def]
+        updates.append(float(calibrator.queries.labels.sum()) / 1000)
+        return updates[-1]
 
-    def recorded_apply(self, mean_update):  # type: ignore[no-untyped-def]
-        means.append(mean_update.clone())
-        return real_apply(self, mean_update)
-
-    monkeypatch.setattr(LocalCalibrator, "run_round", known_update)
-    monkeypatch.setattr(GlobalCoefficients, "apply", recorded_apply)
+    means = _record_means(monkeypatch, known_update)
     server = coordinator_factory(roster=IDS)
     reports = _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data))
 
@@ -146,23 +158,10 @@ def test_a_participant_with_few_records_is_weighed_down_not_everyone_noised_up(
     need, and the others' shares stay at the floor's."""
     import dataclasses
 
-    from participant.calibration import GlobalCoefficients, LocalCalibrator
-
     lines = (shared_data / "sst2" / "train.jsonl").read_text(encoding="utf-8").splitlines()
     small = tmp_path / "org3-records.jsonl"
     small.write_text("\n".join(lines[:6]) + "\n", encoding="utf-8")
-    means: list[torch.Tensor] = []
-    real_apply = GlobalCoefficients.apply
-
-    def known_update(self, coefficients):  # type: ignore[no-untyped-def]
-        return torch.full_like(coefficients, len(self.queries.texts) / 100)
-
-    def recorded_apply(self, mean_update):  # type: ignore[no-untyped-def]
-        means.append(mean_update.clone())
-        return real_apply(self, mean_update)
-
-    monkeypatch.setattr(LocalCalibrator, "run_round", known_update)
-    monkeypatch.setattr(GlobalCoefficients, "apply", recorded_apply)
+    means = _record_means(monkeypatch, lambda calibrator: len(calibrator.queries.texts) / 100)
     server = coordinator_factory(roster=IDS)
     configs = _configs(server, pki, tmp_path, tiny_llama_dir, shared_data)
     configs[2] = dataclasses.replace(configs[2], data_file=str(small))

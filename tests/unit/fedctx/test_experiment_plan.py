@@ -275,13 +275,24 @@ def test_central_noise_arm_pairs_global_adam_dp_cells_and_keeps_old_keys() -> No
         dataclasses.replace(base, noise_models=("trusted",))
 
 
+def _global_adam_participant(state_dir):  # type: ignore[no-untyped-def]
+    """A participant config at epsilon 8 with one-step ``global_adam`` calibration."""
+    from participant.calibration import CalibrationConfig
+    from participant.config import ParticipantConfig, PrivacySettings
+
+    return ParticipantConfig(
+        participant_id="p00", coordinator="127.0.0.1:1", task="sst2", vector_source="public",
+        tls_cert="c", tls_key="k", tls_ca="ca", state_dir=state_dir, federation_id="f",
+        privacy=PrivacySettings(target_epsilon=8.0),
+        calibration=CalibrationConfig(rounds=20, steps_per_round=1, batch_size=12,
+                                      optimizer="global_adam"))
+
+
 def test_central_noise_cell_gives_each_participant_its_share_of_the_noise(
         tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The harness hands participant k the budget whose noise multiplier is
     ``sigma_k / sqrt(N)``, sigma_k being what the cell's epsilon gives its own plan."""
     from fedctx.experiment import Harness
-    from participant.calibration import CalibrationConfig
-    from participant.config import ParticipantConfig, PrivacySettings
     from participant.federation import planned_releases
     from privacy.accounting import noise_multiplier_for_budget
 
@@ -294,12 +305,7 @@ def test_central_noise_cell_gives_each_participant_its_share_of_the_noise(
     harness = Harness(config, tmp_path)
     records = {0: [object()] * 256, 1: [object()] * 10}
     harness.splits = lambda _spec: (None, records, None, None)  # type: ignore[method-assign]
-    participant = ParticipantConfig(
-        participant_id="p00", coordinator="127.0.0.1:1", task="sst2", vector_source="public",
-        tls_cert="c", tls_key="k", tls_ca="ca", state_dir=tmp_path, federation_id="f",
-        privacy=PrivacySettings(target_epsilon=8.0),
-        calibration=CalibrationConfig(rounds=20, steps_per_round=1, batch_size=12,
-                                      optimizer="global_adam"))
+    participant = _global_adam_participant(tmp_path)
     for index, count in ((0, 256), (1, 10)):
         shared = harness._central_noise_share(spec, index, participant)
         plan = planned_releases(participant, records=count)
@@ -355,8 +361,6 @@ def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  
     """``distributed:<t>`` adds a deployable masked-rounds cell per DP global-Adam cell,
     keyed apart from the others; a bad or too large ``t`` is refused."""
     from fedctx.experiment import Harness, distributed_colluders
-    from participant.calibration import CalibrationConfig
-    from participant.config import ParticipantConfig, PrivacySettings
     from privacy.errors import ConfigError
 
     base = ExperimentConfig(name="x", tasks=("sst2",), epsilons=(math.inf, 8.0),
@@ -379,11 +383,6 @@ def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  
         dataclasses.replace(grid, steps_per_round=3)
 
     harness = Harness(grid, tmp_path)
-    participant = ParticipantConfig(
-        participant_id="p00", coordinator="127.0.0.1:1", task="sst2", vector_source="public",
-        tls_cert="c", tls_key="k", tls_ca="ca", state_dir=tmp_path, federation_id="f",
-        privacy=PrivacySettings(target_epsilon=8.0),
-        calibration=CalibrationConfig(rounds=20, steps_per_round=1, batch_size=12,
-                                      optimizer="global_adam"))
+    participant = _global_adam_participant(tmp_path)
     privacy = harness._distributed_noise(cell, participant).privacy
     assert (privacy.max_colluders, privacy.target_epsilon) == (4, 8.0)
