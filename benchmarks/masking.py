@@ -1,6 +1,6 @@
 """What pairwise masking (distributed DP, ``max_colluders``) adds to a participant's round.
 
-Run: ``.venv/bin/python benchmarks/masking.py [--participants 10] [--repeats 5]``.
+Run: ``.venv/bin/python benchmarks/masking.py [--participants 10] [--limbs 1] [--repeats 5]``.
 
 For each vector length (120 coefficient values of SmolLM2-135M's calibration, 34,560 and
 262,144 values) it times, per participant and round: deriving the pair keys from X25519
@@ -8,7 +8,8 @@ For each vector length (120 coefficient values of SmolLM2-135M's calibration, 34
 encoding, the CKKS encryption of the masked vector (what a round costs anyway) and the
 unmasking of the decrypted sum, and checks that the unmasked sum of n participants equals
 the plain sum to the fixed point's step. Prints milliseconds and the ratio of masking work
-to the encryption it rides with.
+to the encryption it rides with. ``--limbs 2`` splits each value into two digits (what a
+federation of 20 or more takes, ``privacy.masking.fixed_point_limbs``): twice the slots.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def _best_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--participants", type=int, default=10)
+    parser.add_argument("--limbs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     n = args.participants
@@ -64,37 +66,37 @@ def main() -> None:
     bits = modulus_bits(participants=n, params=params)
     rng = np.random.default_rng(0)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{n} participants, modulus 2^{bits}, default CKKS parameters")
+          f"{n} participants, modulus 2^{bits} x {args.limbs} limbs, default CKKS parameters")
     print(f"pair keys: {keys_ms:.2f} ms per participant (once per federation)")
     print("| values | masks (ms) | fixed point + mask (ms) | CKKS encrypt (ms) | unmask (ms) "
           "| masking / encrypt | max error / step |")
     print("|---|---|---|---|---|---|---|")
     for length in LENGTHS:
-        print(_row(length, ids=ids, keys=keys, context=context, bits=bits, rng=rng,
-                   repeats=args.repeats))
+        print(_row(length, ids=ids, keys=keys, context=context, bits=bits, limbs=args.limbs,
+                   rng=rng, repeats=args.repeats))
 
 
-def _row(length: int, *, ids, keys, context, bits: int, rng, repeats: int) -> str:  # type: ignore[no-untyped-def]
+def _row(length: int, *, ids, keys, context, bits: int, limbs: int, rng, repeats: int) -> str:  # type: ignore[no-untyped-def]
     """One table row: times for one participant's round at ``length`` values."""
     n, own = len(ids), ids[0]
     values = {pid: rng.normal(0, 0.3, length) for pid in ids}
+    fixed = {"bound": 2.0, "participants": n, "bits": bits, "limbs": limbs}
     masks_ms = _best_ms(lambda: combined_mask(
-        keys[own], own_id=own, round_id="r", length=length, bits=bits), repeats)
-    mask = combined_mask(keys[own], own_id=own, round_id="r", length=length, bits=bits)
-    encode_ms = _best_ms(lambda: mask_values(
-        values[own], mask=mask, bound=2.0, participants=n, bits=bits, rng=rng), repeats)
-    masked, _ = mask_values(values[own], mask=mask, bound=2.0, participants=n, bits=bits,
-                            rng=rng)
-    encrypt_ms = _best_ms(lambda: ckks.encrypt_vector(context, masked), repeats)
-    total = np.zeros(length)
-    for pid in ids:
-        net = combined_mask(keys[pid], own_id=pid, round_id="r", length=length, bits=bits)
-        total += mask_values(values[pid], mask=net, bound=2.0, participants=n, bits=bits,
-                             rng=rng)[0]
-    unmask_ms = _best_ms(lambda: unmask_sum(total, bound=2.0, participants=n, bits=bits),
+        keys[own], own_id=own, round_id="r", length=length, bits=bits * limbs), repeats)
+    mask = combined_mask(keys[own], own_id=own, round_id="r", length=length,
+                         bits=bits * limbs)
+    encode_ms = _best_ms(lambda: mask_values(values[own], mask=mask, rng=rng, **fixed),
                          repeats)
-    summed = unmask_sum(total, bound=2.0, participants=n, bits=bits)
-    step = n * 2.0 / (1 << (bits - 1))
+    masked, _ = mask_values(values[own], mask=mask, rng=rng, **fixed)
+    encrypt_ms = _best_ms(lambda: ckks.encrypt_vector(context, masked), repeats)
+    total = np.zeros(limbs * length)
+    for pid in ids:
+        net = combined_mask(keys[pid], own_id=pid, round_id="r", length=length,
+                            bits=bits * limbs)
+        total += mask_values(values[pid], mask=net, rng=rng, **fixed)[0]
+    unmask_ms = _best_ms(lambda: unmask_sum(total, **fixed), repeats)
+    summed = unmask_sum(total, **fixed)
+    step = n * 2.0 / (1 << (limbs * bits - 1))
     error = np.abs(summed - sum(np.clip(v, -2, 2) for v in values.values())).max() / step
     return (f"| {length:,} | {masks_ms:.2f} | {encode_ms:.2f} | {encrypt_ms:.2f} "
             f"| {unmask_ms:.2f} | {(masks_ms + encode_ms + unmask_ms) / encrypt_ms:.2f} "

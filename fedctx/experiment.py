@@ -868,6 +868,10 @@ class Harness:
                 r.epsilon_if_more_collude for r in reports.values()),  # type: ignore[attr-defined]
             "masked_values_clamped": sum(
                 r.masked_values_clamped for r in reports.values()),  # type: ignore[attr-defined]
+            "calibration_sums_capped": sum(
+                r.calibration_sums_capped for r in reports.values()),  # type: ignore[attr-defined]
+            "delta_discretization": max(
+                r.delta_discretization for r in reports.values()),  # type: ignore[attr-defined]
         } if first.noise_share is not None else {}  # type: ignore[attr-defined]
         return {**per_round, **shrinkage, **label_bias, **distributed,
             "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "n_test": scores["n"],

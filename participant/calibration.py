@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -280,6 +281,39 @@ class _AdaptiveClipOptimizer(AdaClipDPOptimizer):
         self.max_grad_norm = min(max(clip, self.min_clipbound), self.max_clipbound)
 
 
+#: Distributed DP caps a step's clipped-gradient sum at this many batches of clips
+#: (:class:`_SumCappedDPOptimizer`), which bounds the noise-free part of an update.
+MAX_SUM_BATCHES = 3
+
+
+class _SumCappedDPOptimizer(DPOptimizer):
+    """Opacus's DP-SGD with the step's clipped-gradient sum projected onto the L2 ball of
+    radius ``max_sum_norm`` before the noise.
+
+    Projection onto a convex set is non-expansive, so adding or removing a record still
+    moves the sum by at most ``max_grad_norm`` and the accountant is unchanged; what the
+    cap buys is a bound on the release's noise-free part, which distributed DP's public
+    value bound relies on (``privacy.masking.HEADROOM_STDS``). It acts only on a step
+    whose clipped gradients sum past ``max_sum_norm`` (three batches' worth of aligned
+    clips at the default), counted in ``sums_capped``.
+    """
+
+    def __init__(self, *args: Any, max_sum_norm: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not max_sum_norm > 0:
+            raise ConfigError(f"max_sum_norm must be > 0, got {max_sum_norm}")
+        self.max_sum_norm = max_sum_norm
+        self.sums_capped = 0
+
+    def add_noise(self) -> None:
+        norm = float(torch.sqrt(sum(p.summed_grad.pow(2).sum() for p in self.params)))
+        if norm > self.max_sum_norm:
+            for p in self.params:
+                p.summed_grad.mul_(self.max_sum_norm / norm)
+            self.sums_capped += 1
+        super().add_noise()
+
+
 def per_layer(coefficients: torch.Tensor, num_layers: int) -> torch.Tensor:
     """Expand grouped coefficients ``[..., G, 4]`` to ``[..., L, 4]``.
 
@@ -421,6 +455,8 @@ class LocalCalibrator:
             when this participant has fewer records (default: by its expected batch), so
             that a record weighs the same in every participant's update: distributed DP
             needs every share of a summed release to have the same sensitivity.
+        max_sum_norm: under DP, project each step's clipped-gradient sum onto this L2
+            radius before the noise (:class:`_SumCappedDPOptimizer`; distributed DP).
 
     The coefficients, their gradients and the optimiser live on the CPU whatever the
     model's device (they are 4G values); each forward pass moves the per-record rows to
@@ -431,6 +467,7 @@ class LocalCalibrator:
         self, lm: LoadedModel, sites: LayerSites, task: TaskSpec, examples: list[Example],
         vector: torch.Tensor, *, config: CalibrationConfig, noise_multiplier: float, seed: int,
         dp_noise_generator: torch.Generator | None = None, common_batch: bool = False,
+        max_sum_norm: float | None = None,
     ) -> None:
         if not examples:
             raise ConfigError("calibration needs at least one labelled record")
@@ -458,6 +495,8 @@ class LocalCalibrator:
             base, self.scheduler = _scheduled_adamw(
                 self.coefficients, config, total_steps=config.total_steps)
         self.optimizer: torch.optim.Optimizer = base
+        if max_sum_norm is not None and config.clip_quantile:
+            raise ConfigError("max_sum_norm needs a fixed clip (clip_quantile = 0)")
         if self.private and config.clip_quantile:
             self.optimizer = _AdaptiveClipOptimizer(
                 base, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
@@ -470,12 +509,18 @@ class LocalCalibrator:
                 generator=dp_noise_generator,
             )
         elif self.private:
-            self.optimizer = DPOptimizer(
+            capped = {"max_sum_norm": max_sum_norm} if max_sum_norm is not None else {}
+            self.optimizer = (_SumCappedDPOptimizer if capped else DPOptimizer)(
                 base, noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm,
                 expected_batch_size=self.expected_batch,
-                loss_reduction="mean", generator=dp_noise_generator,
+                loss_reduction="mean", generator=dp_noise_generator, **capped,
             )
         self.losses: list[float] = []
+
+    @property
+    def sums_capped(self) -> int:
+        """Steps whose clipped-gradient sum was projected onto ``max_sum_norm`` (0 if none)."""
+        return int(getattr(self.optimizer, "sums_capped", 0))
 
     @property
     def clip(self) -> float:

@@ -40,9 +40,16 @@ from privacy.errors import BudgetExhaustedError
 from privacy.label_bias import SENSITIVITY as LABEL_STATISTICS_SENSITIVITY
 from privacy.label_bias import balanced_bias, release_class_statistics, summed_noise_std
 from privacy.ledger import PrivacyLedger
+from privacy.masking import HEADROOM_STDS, fixed_point_limbs
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
-from .calibration import CalibrationConfig, GlobalCoefficients, LocalCalibrator, per_layer
+from .calibration import (
+    MAX_SUM_BATCHES,
+    CalibrationConfig,
+    GlobalCoefficients,
+    LocalCalibrator,
+    per_layer,
+)
 from .client import CoordinatorClient, TlsFiles, is_not_ready
 from .config import ParticipantConfig
 from .context_vectors import (
@@ -98,6 +105,10 @@ class ParticipantReport:
     epsilon_if_more_collude: float | None = None
     #: masked values clamped to their round's public bound (a count; should stay 0)
     masked_values_clamped: int = 0
+    #: calibration steps whose clipped-gradient sum was capped (a count; should stay 0)
+    calibration_sums_capped: int = 0
+    #: what the fixed point adds to the guarantee's delta (``privacy.masking``)
+    delta_discretization: float | None = None
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -432,14 +443,16 @@ class Participant:
             own=sigma, floor=self._floor_noise_multiplier(records=cfg.max_calibration_records),
             participants=len(roster), max_colluders=cfg.privacy.max_colluders)
         honest = len(roster) - cfg.privacy.max_colluders
-        # A public bound on a weighted update's coordinate: the lr times the clip times 3
-        # expected batches of clipped gradients plus 8 stds of a weighted share (the same
-        # for all) over the batch, and at least the weight slot's 1. Larger values are
-        # clamped (post-processing; counted in the report).
+        # A public bound on a weighted update's coordinate: the lr times the clip times
+        # MAX_SUM_BATCHES batches of clipped gradients (the calibrator caps the sum there)
+        # plus HEADROOM_STDS stds of a weighted share (the same for all) over the batch,
+        # and at least the weight slot's 1. Larger values are clamped (counted in the
+        # report; their chance is in the delta the fixed point adds, below).
         cal = cfg.calibration
-        weighted_share = shares.share * shares.weight
-        self._update_bound = max(1.0, cal.sgd_learning_rate * cal.max_grad_norm * (
-            3 + 8 * weighted_share / cal.batch_size))
+        weighted_std = cal.sgd_learning_rate * cal.max_grad_norm * shares.share \
+            * shares.weight / cal.batch_size
+        self._update_bound = max(1.0, cal.sgd_learning_rate * cal.max_grad_norm
+                                 * MAX_SUM_BATCHES + HEADROOM_STDS * weighted_std)
         self._update_weight = shares.weight
         private, _ = self._x25519()
         announcements = _poll(
@@ -451,6 +464,20 @@ class Participant:
             roster=roster, federation_id=cfg.federation_id,
             ca_certificate_pem=cfg.tls_ca.read_bytes(), ckks_params=cfg.ckks,
             seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"))
+        # What the fixed point adds to the guarantee's delta, refused before anything is
+        # released if too much: every calibration round's coefficients (the weight slot
+        # is public) and the label bias's class statistics.
+        releases = [(weighted_std, self._update_bound,
+                     cal.rounds * 4 * cal.trained_rows(self.sites.num_layers))]
+        if cal.label_bias == "balanced":
+            classes = len(self.task.labels)
+            statistics_std = cal.label_bias_noise_multiplier / math.sqrt(honest) \
+                * LABEL_STATISTICS_SENSITIVITY
+            releases.append((statistics_std, self._statistics_bound(statistics_std),
+                             classes * (classes + 1)))
+        self.masked_sum.limbs, report.delta_discretization = fixed_point_limbs(
+            releases, participants=self.masked_sum.participants, bits=self.masked_sum.bits,
+            honest=honest, epsilon=cfg.privacy.target_epsilon, delta=cfg.privacy.delta)
         report.noise_multiplier = shares.effective
         report.max_colluders = cfg.privacy.max_colluders
         report.noise_share = shares.share
@@ -458,9 +485,14 @@ class Participant:
         report.epsilon_if_more_collude = self.epsilon_if_more_collude(shares.share,
                                                                       honest=honest)
         logger.info("[Participant] masked rounds: %d participants, up to %d colluding, "
-                    "modulus 2^%d", len(roster), cfg.privacy.max_colluders,
-                    self.masked_sum.bits)
+                    "modulus 2^%d x %d limbs", len(roster), cfg.privacy.max_colluders,
+                    self.masked_sum.bits, self.masked_sum.limbs)
         return shares.effective, shares.share, 1 / math.sqrt(honest)
+
+    def _statistics_bound(self, noise_std: float) -> float:
+        """The label bias's public value bound: a count or a sum of probabilities over at
+        most every record, plus ``HEADROOM_STDS`` stds of a share's noise."""
+        return self.config.max_calibration_records + HEADROOM_STDS * noise_std
 
     def _share_note(self) -> str:
         """What a ledger entry's noise multiplier means under distributed DP ('' if local)."""
@@ -512,6 +544,7 @@ class Participant:
                 f"values ({int((~np.isfinite(values)).sum())} of {values.size}); nothing was sent"
             )
         status = self.client.round(round_id)
+        length = values.size * (self.masked_sum.limbs if self.masked_sum else 1)
         if not status.contributed:
             plain = values if not masked else self.masked_sum.mask(  # type: ignore[union-attr]
                 values, round_id=round_id, bound=mask_bound)  # type: ignore[arg-type]
@@ -520,7 +553,7 @@ class Participant:
                 federation_id=self.config.federation_id, round_id=round_id,
                 model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
                 ckks_context_fingerprint=federation.ckks_context_fingerprint,
-                vector_length=values.size, kind=kind,
+                vector_length=length, kind=kind,
             )
             self.client.submit(header, blobs, chunk_bytes=federation.chunk_bytes)
         if release_id is not None:
@@ -529,7 +562,7 @@ class Participant:
         aggregate = self.client.download_aggregate(round_id)
         if aggregate.ckks_context_fingerprint != federation.ckks_context_fingerprint:
             raise ProtocolError("aggregate was produced under another CKKS context")
-        total = self.crypto().decrypt(aggregate.blobs, length=values.size)
+        total = self.crypto().decrypt(aggregate.blobs, length=length)
         if masked:
             total = self.masked_sum.unmask(  # type: ignore[union-attr]
                 total, contributions=aggregate.contributions, bound=mask_bound)  # type: ignore[arg-type]
@@ -668,6 +701,8 @@ class Participant:
                 noise_multiplier=added, seed=cfg.seed,
                 dp_noise_generator=cfg.privacy.noise_generator("calibration"),
                 common_batch=cfg.privacy.distributed,
+                max_sum_norm=MAX_SUM_BATCHES * cfg.calibration.batch_size
+                * cfg.calibration.max_grad_norm if cfg.privacy.distributed else None,
             )
             for r in range(1, cfg.calibration.rounds + 1):
                 round_id = f"calib-{cfg.vector_source}-{r}"
@@ -724,6 +759,8 @@ class Participant:
         report.epsilon_spent = self.ledger.epsilon_spent()
         if self.masked_sum is not None:
             report.masked_values_clamped = self.masked_sum.clamped
+            report.calibration_sums_capped = calibrator.sums_capped \
+                if cfg.calibration.rounds else 0
         if cfg.cache_task and federation.keyholder_id == cfg.participant_id:
             self.store_cached_task(vector, coefficients, federation, report,
                                    label_bias=label_bias)
@@ -772,8 +809,7 @@ class Participant:
                                                   generator=generator)
         compute_s = time.perf_counter() - began
         sent, waited_from = self.client.bytes_sent, time.perf_counter()
-        # A value is a count or a sum of probabilities over at most every record, plus noise.
-        bound = cfg.max_calibration_records + 8 * noise_added * LABEL_STATISTICS_SENSITIVITY
+        bound = self._statistics_bound(noise_added * LABEL_STATISTICS_SENSITIVITY)
         mean, count = self.secure_mean(round_id, statistics.numpy().ravel(),
                                        kind="class_statistics", federation=federation,
                                        release_id=release,

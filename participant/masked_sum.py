@@ -74,7 +74,8 @@ class MaskedSum:
         roster: the federation's participant ids: the mask set, all of whom must contribute.
         federation_id, ca_certificate_pem: what each announcement is verified against.
         ckks_params: the federation's CKKS parameters (they bound the modulus).
-        seed: seeds the stochastic rounding (not secret: it acts on noised values).
+        seed: seeds the stochastic rounding (from ``os.urandom`` in a deployment: a share
+            alone is not private, so its rounding is part of the mechanism).
     """
 
     def __init__(self, *, own_id: str, x25519_private: bytes,
@@ -98,6 +99,8 @@ class MaskedSum:
         self.own_id = own_id
         self.participants = len(roster)
         self.bits = modulus_bits(participants=self.participants, params=ckks_params)
+        #: digits base 2^bits per value (``privacy.masking.fixed_point_limbs``; public)
+        self.limbs = 1
         self._keys = pair_keys(own_id=own_id, own_x25519_private=x25519_private, peers=peers,
                                federation_id=federation_id)
         self._rng = np.random.default_rng(seed)
@@ -105,17 +108,19 @@ class MaskedSum:
         self.clamped = 0
 
     def mask(self, values: np.ndarray, *, round_id: str, bound: float) -> np.ndarray:
-        """``values`` ``[n]`` as fixed point in ``[-bound, bound]``, masked for ``round_id``."""
+        """``values`` ``[n]`` as fixed point in ``[-bound, bound]``, masked for ``round_id``:
+        ``[limbs * n]`` digits."""
         mask = combined_mask(self._keys, own_id=self.own_id, round_id=round_id,
-                             length=values.size, bits=self.bits)
+                             length=values.size, bits=self.bits * self.limbs)
         masked, clamped = mask_values(values, mask=mask, bound=bound,
                                       participants=self.participants, bits=self.bits,
-                                      rng=self._rng)
+                                      rng=self._rng, limbs=self.limbs)
         self.clamped += clamped
         return masked
 
     def unmask(self, decrypted: np.ndarray, *, contributions: int, bound: float) -> np.ndarray:
-        """The sum of every participant's clamped values from the decrypted aggregate.
+        """The sum ``[n]`` of every participant's clamped values from the decrypted
+        aggregate ``[limbs * n]``.
 
         Raises:
             ProtocolError: the round closed without every participant's contribution.
@@ -126,4 +131,4 @@ class MaskedSum:
                 "contributions: the masks cancel only in the sum of all (no dropout "
                 "recovery); rerun the federation with every participant")
         return unmask_sum(decrypted, bound=bound, participants=self.participants,
-                          bits=self.bits)
+                          bits=self.bits, limbs=self.limbs)

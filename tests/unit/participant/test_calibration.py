@@ -214,6 +214,47 @@ def test_global_adam_participants_take_plain_sgd_steps_on_clipped_gradients(
     assert torch.allclose(update, -0.5 * step_mean, atol=1e-5)
 
 
+def test_a_capped_step_projects_the_clipped_sum_and_keeps_a_records_sensitivity(
+    tiny_llama_dir: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Distributed DP's ``max_sum_norm``: a step whose clipped gradients sum past the cap
+    is projected onto it (and counted); one that does not is untouched; and a record added
+    to a capped batch moves the capped sum by at most the clip (the projection is
+    non-expansive, so the accountant's sensitivity holds)."""
+    from participant.calibration import LocalCalibrator
+
+    lm, sites, task, records = _tiny(tiny_llama_dir, shared_data, n=4)
+    vector = torch.zeros(2, sites.num_layers, lm.model.config.hidden_size)
+    config = CalibrationConfig(optimizer="global_adam", sgd_learning_rate=1.0, batch_size=4,
+                               steps_per_round=1, max_grad_norm=1.0)
+    rows = (config.trained_rows(sites.num_layers), 4)
+
+    def step(grads: torch.Tensor) -> tuple[torch.Tensor, int]:
+        calibrator = LocalCalibrator(lm, sites, task, records, vector, config=config,
+                                     noise_multiplier=1e-9, seed=0, common_batch=True,
+                                     max_sum_norm=2.0)
+        monkeypatch.setattr(calibrator, "_sample", lambda: list(range(len(grads))))
+        monkeypatch.setattr(calibrator, "per_example_gradients", lambda idx: (grads, 1.0))
+        update = calibrator.run_round(calibrator.coefficients.detach().clone())
+        return -update * 4, calibrator.sums_capped  # the (capped) clipped sum
+
+    direction = torch.ones(rows) / math.sqrt(rows[0] * 4)
+    aligned = torch.stack([3.0 * direction] * 3)  # three records clipped to 1: sum norm 3
+    capped, count = step(aligned)
+    assert count == 1 and float(capped.norm()) == pytest.approx(2.0, rel=1e-4)
+    assert torch.allclose(capped, 2.0 * direction, atol=1e-5)
+    small = torch.stack([0.5 * direction, -0.2 * direction])
+    uncapped, count = step(small)
+    assert count == 0 and torch.allclose(uncapped, 0.3 * direction, atol=1e-5)
+    other = torch.randn(rows)
+    neighbour, _ = step(torch.cat([aligned, (5.0 * other / other.norm())[None]]))
+    assert float((neighbour - capped).norm()) <= 1.0 + 1e-4
+    with pytest.raises(ConfigError, match="fixed clip"):
+        LocalCalibrator(lm, sites, task, records, vector, noise_multiplier=1.0, seed=0,
+                        config=CalibrationConfig(optimizer="global_adam", clip_quantile=0.5),
+                        max_sum_norm=2.0)
+
+
 def test_config_rejects_an_unknown_optimizer_and_a_bad_sgd_rate() -> None:
     with pytest.raises(ConfigError, match="optimizer"):
         CalibrationConfig(optimizer="server_adam")
