@@ -73,7 +73,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, target_epsilon=args.epsilon, rounds=args.rounds,
         steps_per_round=args.steps_per_round, vector_source=args.vector_source,
         dirichlet_alpha=args.dirichlet_alpha, workdir=args.workdir,
-        test_per_class=args.test_per_class,
+        test_per_class=args.test_per_class, max_colluders=args.max_colluders,
     ))
     return 0
 
@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the measured choice for the model under DP (public on "
                         "smollm2-135m), else the demonstrations' private vector")
     p.add_argument("--dirichlet-alpha", type=float, default=0.0, help="0 = IID split")
+    p.add_argument("--max-colluders", type=int, default=-1,
+                   help="distributed DP tolerating this many colluding participants "
+                        "(masked rounds, one global_adam step each); -1 = local DP")
     p.add_argument("--workdir", default="",
                    help="keep the PKI, configs, state and results here (default: a temp folder)")
     p.set_defaults(func=_cmd_demo)

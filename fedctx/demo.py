@@ -41,6 +41,9 @@ class DemoOptions:
     test_per_class: int = 40
     vector_source: str = "auto"
     dirichlet_alpha: float = 0.0
+    #: distributed DP (``[participant.privacy] max_colluders``) when >= 0: masked rounds
+    #: of one ``global_adam`` step each, ``rounds * steps_per_round`` of them
+    max_colluders: int = -1
     workdir: str = ""
     timeout_s: float = 1800.0
     threads_per_process: int = 1
@@ -65,6 +68,23 @@ def _toml(tables: dict[str, dict[str, object]]) -> str:
         lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def participant_tables(options: DemoOptions) -> dict[str, dict[str, object]]:
+    """Every participant's ``[participant.privacy]`` and ``[participant.calibration]``
+    tables. Under distributed DP every DP-SGD step is its own masked round (the
+    noise shares sum only across one step's releases), so the demo runs the same number
+    of steps, one per round, under the optimiser that allows it."""
+    privacy: dict[str, object] = {"target_epsilon": options.target_epsilon,
+                                  "delta": options.delta}
+    calibration: dict[str, object] = {"rounds": options.rounds,
+                                      "steps_per_round": options.steps_per_round,
+                                      "batch_size": options.batch_size}
+    if options.max_colluders >= 0:
+        privacy["max_colluders"] = options.max_colluders
+        calibration.update(rounds=options.rounds * options.steps_per_round,
+                           steps_per_round=1, optimizer="global_adam")
+    return {"participant.privacy": privacy, "participant.calibration": calibration}
 
 
 def _prepare_model(model: str) -> None:
@@ -127,11 +147,7 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
                     "evaluate": index == 0, "test_per_class": options.test_per_class,
                     "seed": index, "results_file": str(work / f"{pid}.json"),
                 },
-                "participant.privacy": {"target_epsilon": options.target_epsilon,
-                                        "delta": options.delta},
-                "participant.calibration": {"rounds": options.rounds,
-                                            "steps_per_round": options.steps_per_round,
-                                            "batch_size": options.batch_size},
+                **participant_tables(options),
             }))
             processes[pid] = subprocess.Popen(
                 [sys.executable, "-m", "fedctx.cli", "participant", "--config", str(config)],
@@ -183,6 +199,13 @@ def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -
     budget = "no privacy" if math.isinf(eps) else f"target epsilon {eps:g}"
     print(f"privacy: {budget}, delta {first['delta']:g}, noise multiplier "
           f"{first['noise_multiplier']:.3f} (Opacus RDP)", file=out)
+    if first.get("max_colluders", -1) >= 0:
+        print(f"distributed DP: masked rounds, the budget holds while at most "
+              f"{first['max_colluders']} of {len(reports)} participants collude with the "
+              f"coordinator; each added {first['noise_share']:.3f} (epsilon "
+              f"{max(r['epsilon_if_more_collude'] for r in reports.values()):.3g} if more "
+              f"collude); the fixed point adds {first['delta_discretization']:.1e} to delta",
+              file=out)
     print(f"{'participant':<14}{'records':>9}{'demos':>7}{'epsilon spent':>15}{'bytes sent':>14}",
           file=out)
     for pid, r in reports.items():

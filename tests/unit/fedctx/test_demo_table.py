@@ -27,3 +27,36 @@ def test_table_names_the_vector_and_its_demonstrations(source: str, label: str, 
     text = out.getvalue()
     assert f"vector source {source}" in text and label in text
     assert text.splitlines()[-3].split()[:3] == ["org1", "256", demos]
+
+
+@pytest.mark.parametrize("max_colluders", [-1, 1])
+def test_demo_configs_pass_the_participants_checks_with_and_without_distributed_dp(
+        max_colluders: int) -> None:
+    """``fedctx demo --max-colluders 1`` writes what a participant accepts: the same 48
+    DP-SGD steps, one masked ``global_adam`` round each."""
+    from pathlib import Path
+
+    from fedctx.demo import DemoOptions, participant_tables
+    from participant.calibration import CalibrationConfig
+    from participant.config import ParticipantConfig, PrivacySettings
+
+    tables = participant_tables(DemoOptions(max_colluders=max_colluders))
+    files = Path("unused")
+    config = ParticipantConfig(
+        participant_id="org1", coordinator="127.0.0.1:1", tls_cert=files, tls_key=files,
+        tls_ca=files, state_dir=files, federation_id="f", model="smollm2-135m",
+        privacy=PrivacySettings(**tables["participant.privacy"]),  # type: ignore[arg-type]
+        calibration=CalibrationConfig(**tables["participant.calibration"]))  # type: ignore[arg-type]
+    cal = config.calibration
+    assert cal.rounds * cal.steps_per_round == 48
+    assert config.privacy.distributed == (max_colluders >= 0)
+    assert (cal.optimizer == "global_adam") == (max_colluders >= 0)
+
+
+def test_the_table_states_the_distributed_guarantee() -> None:
+    report = {**_report("public"), "max_colluders": 1, "noise_share": 0.61,
+              "epsilon_if_more_collude": 15.2, "delta_discretization": 2.2e-16}
+    out = io.StringIO()
+    print_table({"org1": report, "org2": report, "org3": report}, elapsed_s=1.0, out=out)
+    assert "at most 1 of 3 participants collude" in out.getvalue()
+    assert "epsilon 15.2 if more collude" in out.getvalue()
