@@ -166,6 +166,8 @@ def fixed_point_scale(*, bound: float, participants: int, bits: int) -> float:
     strictly inside ``(-2^(bits-1), 2^(bits-1))``."""
     if not (0 < bound < math.inf):
         raise ConfigError(f"bound must be finite and > 0, got {bound}")
+    if (1 << (bits - 1)) <= participants:
+        raise ConfigError(f"a 2^{bits} modulus cannot hold the sum of {participants} values")
     return ((1 << (bits - 1)) - participants) / (participants * bound)
 
 
@@ -218,6 +220,8 @@ def unmask_sum(
     """
     _check_bits(bits)
     total_bits = _check_total_bits(bits * limbs)
+    if not _sums_fit_int64(participants=participants, total_bits=total_bits):
+        raise ConfigError(f"{participants} sums of a 2^{total_bits} modulus overflow int64")
     decrypted = np.asarray(decrypted, dtype=np.float64)
     if decrypted.size % limbs:
         raise MaskingError(f"an aggregate of {decrypted.size} values is not {limbs} digits "
@@ -303,7 +307,8 @@ def fixed_point_limbs(releases: Sequence[tuple[float, float, int]], *, participa
         ConfigError: no number of limbs up to ``MAX_TOTAL_BITS`` suffices.
     """
     limbs, added, tau = 0, math.inf, 0.0
-    while added > MAX_DELTA_FRACTION * delta and (limbs + 1) * bits <= MAX_TOTAL_BITS:
+    while added > MAX_DELTA_FRACTION * delta and (limbs + 1) * bits <= MAX_TOTAL_BITS \
+            and _sums_fit_int64(participants=participants, total_bits=(limbs + 1) * bits):
         limbs += 1
         added, taus = 0.0, []
         for noise_std, bound, values in releases:
@@ -325,6 +330,12 @@ def _check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or \
             not MIN_MODULUS_BITS <= bits <= MAX_MODULUS_BITS:
         raise ConfigError(f"bits must be an int in {MIN_MODULUS_BITS}..{MAX_MODULUS_BITS}")
+
+
+def _sums_fit_int64(*, participants: int, total_bits: int) -> bool:
+    """Whether a recombined sum of ``participants`` values below ``2^total_bits`` is exact
+    in int64 (:func:`unmask_sum`)."""
+    return participants.bit_length() + total_bits <= 62
 
 
 def _check_total_bits(bits: int) -> int:

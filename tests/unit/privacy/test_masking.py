@@ -256,3 +256,9 @@ def test_the_fixed_point_takes_the_limbs_its_noise_shares_need() -> None:
     with pytest.raises(ConfigError, match="fixed-point steps"):
         fixed_point_limbs([(1e-15, 3.2, 2420)], participants=50, bits=13, honest=30,
                           epsilon=8.0, delta=1e-5)
+    # 4,000 participants: four 13-bit digits would overflow int64's sums, so three at most
+    with pytest.raises(ConfigError, match="2\\^39"):
+        fixed_point_limbs([(1e-15, 3.2, 2420)], participants=4000, bits=13, honest=2400,
+                          epsilon=8.0, delta=1e-5)
+    with pytest.raises(ConfigError, match="overflow"):
+        unmask_sum(np.zeros(4), bound=1.0, participants=4000, bits=13, limbs=4)
