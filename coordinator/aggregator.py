@@ -17,6 +17,8 @@ import tenseal
 
 from privacy import ckks, keyshare, payload
 from privacy.errors import CkksParameterMismatchError, CryptoError, KeyShareError
+from privacy.mask_recovery import MASK_KEY_ROUND, SEALED_SHARE_BYTES
+from privacy.shamir import SHARE_BYTES
 
 from .config import CoordinatorConfig
 from .errors import (
@@ -39,6 +41,8 @@ KINDS = frozenset({"context_vector", "coefficient_update", "adapter_update", "ve
                    "class_statistics"})
 MAX_PROTOCOL_PLAN_BYTES = 4096
 OPEN, CLOSED, FAILED = "open", "closed", "failed"
+#: Kinds of a revealed Shamir share (dropout recovery, ``privacy.mask_recovery``).
+SELF_MASK, MASK_KEY = "self_mask", "mask_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,18 @@ class Header:
     payload_bytes: int
     payload_sha256: bytes
     kind: str
+    #: dropout recovery: ``(recipient id, sealed share of the self-mask seed)`` pairs
+    mask_shares: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MaskShares:
+    """What a participant reads for a round's dropout recovery (``GetMaskShares``)."""
+
+    contributors: list[str]
+    sealed: list[tuple[str, bytes]]  # (owner, sealed share) for the caller
+    revealed: list[tuple[str, str, str, bytes]]  # (revealer, owner, kind, share)
+    retired: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +200,11 @@ class Aggregator:
     # -- keys ---------------------------------------------------------------------
     def announce_key(
         self, peer_id: str, *, federation_id: str, x25519_public: bytes, signature: bytes,
-        certificate_pem: str, peer_certificate_pem: str,
+        certificate_pem: str, peer_certificate_pem: str, mask_x25519_public: bytes = b"",
+        mask_signature: bytes = b"",
     ) -> None:
-        """Record a participant's signed X25519 key (verified against the CA)."""
+        """Record a participant's signed X25519 key and, for dropout recovery, its signed
+        mask key (both verified against the CA)."""
         self._require_member(peer_id)
         if federation_id != self.config.federation_id:
             raise BindingMismatchError(f"federation {federation_id!r} is not served here")
@@ -199,9 +217,26 @@ class Aggregator:
                 certificate_pem=certificate_pem.encode(),
                 ca_certificate_pem=self.config.tls_ca.read_bytes(),
             )
+            if mask_x25519_public or mask_signature:
+                keyshare.verify_key_announcement(
+                    federation_id=federation_id, participant_id=peer_id,
+                    x25519_public=mask_x25519_public, signature=mask_signature,
+                    certificate_pem=certificate_pem.encode(),
+                    ca_certificate_pem=self.config.tls_ca.read_bytes(), purpose="mask",
+                )
         except KeyShareError as exc:
             raise InvalidContributionError(f"key announcement rejected: {exc}") from exc
         with self._lock, self.store.transaction() as db:
+            if mask_x25519_public:
+                known = db.execute("SELECT x25519_public FROM mask_keys WHERE participant_id = ?",
+                                   (peer_id,)).fetchone()
+                deposited = db.execute("SELECT 1 FROM mask_shares WHERE owner_id = ? LIMIT 1",
+                                       (peer_id,)).fetchone()
+                if known is not None and bytes(known[0]) != mask_x25519_public and deposited:
+                    raise ConflictError("shares of a different mask key were already "
+                                        "deposited; start a new federation to rotate keys")
+                db.execute("INSERT OR REPLACE INTO mask_keys VALUES (?, ?, ?)",
+                           (peer_id, mask_x25519_public, mask_signature))
             row = db.execute(
                 "SELECT x25519_public FROM key_announcements WHERE participant_id = ?", (peer_id,)
             ).fetchone()
@@ -217,14 +252,19 @@ class Aggregator:
             )
         logger.info("[Aggregator.announce_key] participant=%s", peer_id)
 
-    def key_announcements(self, peer_id: str) -> list[tuple[str, bytes, bytes, str]]:
-        """Every announcement (public keys and certificates are not secret)."""
+    def key_announcements(
+            self, peer_id: str) -> list[tuple[str, bytes, bytes, str, bytes, bytes]]:
+        """Every announcement ``(id, key, signature, certificate, mask key, mask key's
+        signature)``; the mask fields are empty without one (nothing here is secret)."""
         self._require_member(peer_id)
         rows = self.store.query(
-            "SELECT participant_id, x25519_public, signature, certificate_pem "
-            "FROM key_announcements ORDER BY participant_id"
+            "SELECT a.participant_id, a.x25519_public, a.signature, a.certificate_pem, "
+            "coalesce(m.x25519_public, x''), coalesce(m.signature, x'') "
+            "FROM key_announcements a LEFT JOIN mask_keys m USING (participant_id) "
+            "ORDER BY a.participant_id"
         )
-        return [(str(a), bytes(b), bytes(c), str(d)) for a, b, c, d in rows]  # type: ignore[arg-type]
+        return [(str(a), bytes(b), bytes(c), str(d), bytes(e), bytes(f))  # type: ignore[arg-type]
+                for a, b, c, d, e, f in rows]
 
     def publish_keys(
         self, peer_id: str, *, federation_id: str, public_context: bytes,
@@ -343,6 +383,39 @@ class Aggregator:
             )
         if len(header.payload_sha256) != 32:
             raise InvalidContributionError("payload_sha256 must be 32 bytes")
+        self._check_contribution_shares(peer_id, header)
+
+    def _check_contribution_shares(self, peer_id: str, header: Header) -> None:
+        """Dropout recovery: a participant that deposited mask-key shares must send its
+        self-mask seed's shares to every other member of the mask set with each
+        contribution, and may not contribute once its mask key was revealed."""
+        deposited = bool(self.store.query(
+            "SELECT 1 FROM mask_shares WHERE round_id = ? AND owner_id = ? LIMIT 1",
+            (MASK_KEY_ROUND, peer_id)))
+        if not deposited:
+            if header.mask_shares:
+                raise InvalidContributionError(
+                    "mask shares from a participant that deposited no mask-key shares")
+            return
+        retired = self._retired_before(header.round_id)
+        if peer_id in retired:
+            raise NotAllowedError(
+                f"{peer_id!r} was missing from an earlier masked round and its mask key was "
+                "revealed: it may not contribute again (its contribution would be readable)")
+        expected = set(self.config.roster) - retired - {peer_id}
+        self._check_sealed(header.mask_shares, expected=expected, what="self-mask shares")
+
+    @staticmethod
+    def _check_sealed(shares: tuple[tuple[str, bytes], ...], *, expected: set[str],
+                      what: str) -> None:
+        recipients = [r for r, _ in shares]
+        if len(set(recipients)) != len(recipients) or set(recipients) != expected:
+            raise InvalidContributionError(
+                f"{what} must go to exactly {sorted(expected)}, one each; got "
+                f"{sorted(recipients)}")
+        if any(len(sealed) != SEALED_SHARE_BYTES for _, sealed in shares):
+            raise InvalidContributionError(
+                f"{what} must be {SEALED_SHARE_BYTES}-byte sealed shares")
 
     def submit(self, peer_id: str, header: Header, data: bytes) -> Receipt:
         """Validate and durably accept one contribution (idempotent per digest)."""
@@ -397,13 +470,16 @@ class Aggregator:
                     "INSERT INTO contributions VALUES (?, ?, ?, ?, ?)",
                     (header.round_id, peer_id, digest_hex, len(data), now()),
                 )
+                db.executemany(
+                    "INSERT INTO mask_shares VALUES (?, ?, ?, ?)",
+                    [(header.round_id, peer_id, r, sealed) for r, sealed in header.mask_shares])
             self._fold_in(header.round_id, digest_hex, loaded, first=round_row is None)
             count = len(self.store.contributions(header.round_id))
             logger.info(
                 "[Aggregator.submit] round=%s participant=%s contributions=%d",
                 header.round_id, peer_id, count,
             )
-            if count == len(self.config.roster):
+            if count >= self._expected_contributions(header.round_id):
                 self._close(header.round_id)
             state = self.store.get_round(header.round_id)
             assert state is not None
@@ -509,7 +585,7 @@ class Aggregator:
             if row.state != OPEN:
                 continue
             count = len(self.store.contributions(row.round_id))
-            if count >= len(self.config.roster):
+            if count >= self._expected_contributions(row.round_id):
                 self._close(row.round_id)
             elif now() >= row.deadline:
                 if count >= self.config.quorum:
@@ -525,6 +601,118 @@ class Aggregator:
                         "[Aggregator.tick] round=%s failed: %d of quorum %d by deadline",
                         row.round_id, count, self.config.quorum,
                     )
+
+    def _expected_contributions(self, round_id: str) -> int:
+        """Contributions that close a round at once: the roster, less the participants
+        whose mask key an earlier round revealed (they may not contribute again)."""
+        return len(self.config.roster) - len(self._retired_before(round_id))
+
+    def _retired_before(self, round_id: str) -> set[str]:
+        """Participants whose mask key was revealed in a round opened before
+        ``round_id`` (every round, if ``round_id`` has not opened)."""
+        row = self.store.get_round(round_id)
+        rows = self.store.query(
+            "SELECT DISTINCT s.owner_id FROM revealed_shares s JOIN rounds r USING (round_id) "
+            "WHERE s.kind = ? AND s.round_id != ? AND r.opened_at <= ?",
+            (MASK_KEY, round_id, row.opened_at if row is not None else float("inf")))
+        return {str(r[0]) for r in rows}
+
+    # -- dropout recovery ---------------------------------------------------------------
+    def deposit_mask_shares(self, peer_id: str, *, federation_id: str,
+                            shares: tuple[tuple[str, bytes], ...]) -> None:
+        """Store the Shamir shares of ``peer_id``'s mask private key, one sealed to each
+        other roster member (once per federation; an identical retry is accepted)."""
+        self._require_member(peer_id)
+        if federation_id != self.config.federation_id:
+            raise BindingMismatchError(f"federation {federation_id!r} is not served here")
+        if not self.store.query("SELECT 1 FROM mask_keys WHERE participant_id = ?", (peer_id,)):
+            raise NotReadyError("announce a mask key before depositing its shares")
+        self._check_sealed(shares, expected=set(self.config.roster) - {peer_id},
+                           what="mask-key shares")
+        with self._lock, self.store.transaction() as db:
+            stored = db.execute(
+                "SELECT recipient_id, sealed FROM mask_shares WHERE round_id = ? AND owner_id = ?",
+                (MASK_KEY_ROUND, peer_id)).fetchall()
+            if stored:
+                if {(str(r), bytes(b)) for r, b in stored} == set(shares):
+                    return
+                raise ConflictError(f"{peer_id!r} already deposited other mask-key shares")
+            db.executemany("INSERT INTO mask_shares VALUES (?, ?, ?, ?)",
+                           [(MASK_KEY_ROUND, peer_id, r, sealed) for r, sealed in shares])
+        logger.info("[Aggregator.deposit_mask_shares] participant=%s shares=%d",
+                    peer_id, len(shares))
+
+    def _closed_round(self, round_id: str) -> RoundRow:
+        self.tick(wait=False)
+        row = self.store.get_round(round_id)
+        if row is None:
+            raise NotFoundError(f"no round {round_id!r}")
+        if row.state == FAILED:
+            raise RoundClosedError(f"round {round_id!r} failed to reach quorum")
+        if row.state != CLOSED:
+            raise NotReadyError(f"round {round_id!r} is still open")
+        return row
+
+    def mask_shares(self, peer_id: str, round_id: str) -> MaskShares:
+        """The shares sealed to ``peer_id`` (the mask-key deposits for ``round_id`` ``""``;
+        else the closed round's self-mask shares from its contributors) and every share
+        revealed for the round."""
+        self._require_member(peer_id)
+        if round_id == MASK_KEY_ROUND:
+            rows = self.store.query(
+                "SELECT owner_id, sealed FROM mask_shares WHERE round_id = ? AND recipient_id = ? "
+                "ORDER BY owner_id", (MASK_KEY_ROUND, peer_id))
+            return MaskShares([], [(str(o), bytes(b)) for o, b in rows], [], [])  # type: ignore[arg-type]
+        self._closed_round(round_id)
+        contributors = sorted(p for p, _ in self.store.contributions(round_id))
+        sealed = self.store.query(
+            "SELECT owner_id, sealed FROM mask_shares WHERE round_id = ? AND recipient_id = ? "
+            "ORDER BY owner_id", (round_id, peer_id))
+        revealed = self.store.query(
+            "SELECT revealer_id, owner_id, kind, share FROM revealed_shares WHERE round_id = ? "
+            "ORDER BY revealer_id, owner_id", (round_id,))
+        return MaskShares(
+            contributors, [(str(o), bytes(b)) for o, b in sealed],  # type: ignore[arg-type]
+            [(str(a), str(o), str(k), bytes(b)) for a, o, k, b in revealed],  # type: ignore[arg-type]
+            sorted(self._retired_before(round_id)))
+
+    def reveal_mask_shares(self, peer_id: str, round_id: str,
+                           shares: tuple[tuple[str, str, bytes], ...]) -> int:
+        """Record a survivor's revealed shares ``(owner, kind, share)`` for a closed round:
+        a self-mask share for every contributor and a mask-key share for every other
+        member of the mask set, exactly, once (an identical retry is accepted). Returns the
+        number of distinct revealers so far."""
+        self._require_member(peer_id)
+        self._closed_round(round_id)
+        contributors = {p for p, _ in self.store.contributions(round_id)}
+        if peer_id not in contributors:
+            raise NotAllowedError(f"only round {round_id!r}'s contributors reveal its shares")
+        active = set(self.config.roster) - self._retired_before(round_id)
+        expected = {o: SELF_MASK if o in contributors else MASK_KEY for o in active}
+        owners = [o for o, _, _ in shares]
+        if len(set(owners)) != len(owners) or {o: k for o, k, _ in shares} != expected:
+            raise InvalidContributionError(
+                f"round {round_id!r} needs a {SELF_MASK} share for each of "
+                f"{sorted(contributors)} and a {MASK_KEY} share for each of "
+                f"{sorted(active - contributors)}, one each")
+        if any(len(share) != SHARE_BYTES for _, _, share in shares):
+            raise InvalidContributionError(f"a revealed share must be {SHARE_BYTES} bytes")
+        with self._lock, self.store.transaction() as db:
+            stored = db.execute(
+                "SELECT owner_id, kind, share FROM revealed_shares "
+                "WHERE round_id = ? AND revealer_id = ?", (round_id, peer_id)).fetchall()
+            if stored and {(str(o), str(k), bytes(b)) for o, k, b in stored} != set(shares):
+                raise ConflictError(f"{peer_id!r} already revealed other shares for round "
+                                    f"{round_id!r}")
+            if not stored:
+                db.executemany("INSERT INTO revealed_shares VALUES (?, ?, ?, ?, ?)",
+                               [(round_id, peer_id, o, k, b) for o, k, b in shares])
+            revealers = db.execute(
+                "SELECT count(DISTINCT revealer_id) FROM revealed_shares WHERE round_id = ?",
+                (round_id,)).fetchone()[0]
+        logger.info("[Aggregator.reveal_mask_shares] round=%s participant=%s revealers=%d",
+                    round_id, peer_id, revealers)
+        return int(revealers)
 
     # -- task cache -------------------------------------------------------------------
     def check_task_header(self, peer_id: str, entry: TaskEntry) -> None:

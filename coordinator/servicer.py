@@ -18,7 +18,16 @@ from privacy.errors import ConfigError, CryptoError
 from proto.fedctx.v1 import fedctx_pb2 as pb
 from proto.fedctx.v1 import fedctx_pb2_grpc as pb_grpc
 
-from .aggregator import CLOSED, FAILED, OPEN, Aggregator, Header, TaskEntry
+from .aggregator import (
+    CLOSED,
+    FAILED,
+    MASK_KEY,
+    OPEN,
+    SELF_MASK,
+    Aggregator,
+    Header,
+    TaskEntry,
+)
 from .errors import (
     BindingMismatchError,
     ConflictError,
@@ -47,6 +56,8 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
 ]
 _STATE = {OPEN: pb.ROUND_STATE_OPEN, CLOSED: pb.ROUND_STATE_CLOSED, FAILED: pb.ROUND_STATE_FAILED}
+_REVEALED = {SELF_MASK: pb.REVEALED_KIND_SELF_MASK, MASK_KEY: pb.REVEALED_KIND_MASK_KEY}
+_REVEALED_KIND = {v: k for k, v in _REVEALED.items()}
 
 
 _MAX_DETAILS = 256  # grpc-message is percent-encoded: keep it far below the 8 KiB limit
@@ -145,7 +156,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self._run("AnnounceKey", context, lambda: self.aggregator.announce_key(
             peer, federation_id=request.federation_id, x25519_public=request.x25519_public,
             signature=request.signature, certificate_pem=request.certificate_pem,
-            peer_certificate_pem=pem,
+            peer_certificate_pem=pem, mask_x25519_public=request.mask_x25519_public,
+            mask_signature=request.mask_signature,
         ))
         return pb.AnnounceKeyResponse()
 
@@ -154,8 +166,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         rows = self._run("ListKeyAnnouncements", context,
                          lambda: self.aggregator.key_announcements(peer))
         return pb.ListKeyAnnouncementsResponse(announcements=[
-            pb.KeyAnnouncement(participant_id=p, x25519_public=k, signature=s, certificate_pem=c)
-            for p, k, s, c in rows
+            pb.KeyAnnouncement(participant_id=p, x25519_public=k, signature=s, certificate_pem=c,
+                               mask_x25519_public=mk, mask_signature=ms)
+            for p, k, s, c, mk, ms in rows
         ])
 
     def PublishKeys(self, request: pb.PublishKeysRequest, context: grpc.ServicerContext) -> pb.PublishKeysResponse:  # noqa: N802,E501
@@ -197,6 +210,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 ckks_context_fingerprint=h.ckks_context_fingerprint,
                 vector_length=h.vector_length, num_ciphertexts=h.num_ciphertexts,
                 payload_bytes=h.payload_bytes, payload_sha256=h.payload_sha256, kind=h.kind,
+                mask_shares=tuple((m.recipient_id, m.sealed) for m in h.mask_shares),
             )
             self.aggregator.check_header(peer, header)
             _, data = _receive_stream(
@@ -221,6 +235,38 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             quorum=s.quorum, deadline_unix_s=s.deadline_unix_s, vector_length=s.vector_length,
             aggregate_sha256=s.aggregate_sha256, contributed=s.contributed,
         )
+
+    def DepositMaskShares(self, request: pb.DepositMaskSharesRequest, context: grpc.ServicerContext) -> pb.DepositMaskSharesResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        self._run("DepositMaskShares", context, lambda: self.aggregator.deposit_mask_shares(
+            peer, federation_id=request.federation_id,
+            shares=tuple((m.recipient_id, m.sealed) for m in request.shares)))
+        return pb.DepositMaskSharesResponse()
+
+    def GetMaskShares(self, request: pb.GetMaskSharesRequest, context: grpc.ServicerContext) -> pb.GetMaskSharesResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+        found = self._run("GetMaskShares", context,
+                          lambda: self.aggregator.mask_shares(peer, request.round_id))
+        return pb.GetMaskSharesResponse(
+            contributors=found.contributors,
+            sealed=[pb.SealedShare(owner_id=o, recipient_id=peer, sealed=b)
+                    for o, b in found.sealed],
+            revealed=[pb.RevealedShare(revealer_id=r, owner_id=o, kind=_REVEALED[k], share=b)
+                      for r, o, k, b in found.revealed],
+            retired=found.retired,
+        )
+
+    def RevealMaskShares(self, request: pb.RevealMaskSharesRequest, context: grpc.ServicerContext) -> pb.RevealMaskSharesResponse:  # noqa: N802,E501
+        peer, _ = peer_identity(context)
+
+        def reveal() -> int:
+            if any(s.kind not in _REVEALED_KIND for s in request.shares):
+                raise InvalidContributionError("a revealed share has no kind")
+            return self.aggregator.reveal_mask_shares(peer, request.round_id, tuple(
+                (s.owner_id, _REVEALED_KIND[s.kind], s.share) for s in request.shares))
+
+        return pb.RevealMaskSharesResponse(revealers=self._run("RevealMaskShares", context,
+                                                               reveal))
 
     def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context: grpc.ServicerContext) -> Iterator[pb.DownloadAggregateResponse]:  # noqa: N802,E501
         peer, _ = peer_identity(context)

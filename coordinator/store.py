@@ -32,6 +32,14 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY, header_json TEXT NOT NULL, blob_sha256 TEXT NOT NULL,
     stored_by TEXT NOT NULL, stored_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mask_keys (
+    participant_id TEXT PRIMARY KEY, x25519_public BLOB NOT NULL, signature BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS mask_shares (
+    round_id TEXT NOT NULL, owner_id TEXT NOT NULL, recipient_id TEXT NOT NULL,
+    sealed BLOB NOT NULL, PRIMARY KEY (round_id, owner_id, recipient_id));
+CREATE TABLE IF NOT EXISTS revealed_shares (
+    round_id TEXT NOT NULL, revealer_id TEXT NOT NULL, owner_id TEXT NOT NULL,
+    kind TEXT NOT NULL, share BLOB NOT NULL, PRIMARY KEY (round_id, revealer_id, owner_id));
 CREATE TABLE IF NOT EXISTS contributions (
     round_id TEXT NOT NULL, participant_id TEXT NOT NULL, payload_sha256 TEXT NOT NULL,
     payload_bytes INTEGER NOT NULL, received_at REAL NOT NULL,

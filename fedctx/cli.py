@@ -74,6 +74,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         steps_per_round=args.steps_per_round, vector_source=args.vector_source,
         dirichlet_alpha=args.dirichlet_alpha, workdir=args.workdir,
         test_per_class=args.test_per_class, max_colluders=args.max_colluders,
+        max_dropouts=args.max_dropouts, drop_after_round=args.drop_after_round,
+        round_timeout_s=args.round_timeout_s,
     ))
     return 0
 
@@ -240,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-colluders", type=int, default=-1,
                    help="distributed DP tolerating this many colluding participants "
                         "(masked rounds, one global_adam step each); -1 = local DP")
+    p.add_argument("--max-dropouts", type=int, default=0,
+                   help="with --max-colluders: participants that may drop out (survivors "
+                        "recover their masks from Shamir shares; rounds need n - d)")
+    p.add_argument("--drop-after-round", type=int, default=0,
+                   help="fault injection: SIGKILL the last participant once calibration "
+                        "round K has closed (needs --max-dropouts >= 1)")
+    p.add_argument("--round-timeout-s", type=float, default=0.0,
+                   help="the coordinator's round deadline (default 1800 s; a round that "
+                        "lost a participant closes there)")
     p.add_argument("--workdir", default="",
                    help="keep the PKI, configs, state and results here (default: a temp folder)")
     p.set_defaults(func=_cmd_demo)

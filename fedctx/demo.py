@@ -44,8 +44,17 @@ class DemoOptions:
     #: distributed DP (``[participant.privacy] max_colluders``) when >= 0: masked rounds
     #: of one ``global_adam`` step each, ``rounds * steps_per_round`` of them
     max_colluders: int = -1
+    #: with distributed DP: how many participants may drop out (``max_dropouts``; the
+    #: coordinator then closes a round at its deadline with ``participants - d``)
+    max_dropouts: int = 0
+    #: fault injection: SIGKILL the last participant once calibration round k has closed
+    #: (0: nobody); needs ``max_dropouts >= 1`` for the others to finish
+    drop_after_round: int = 0
     workdir: str = ""
+    #: the whole federation's limit, and the coordinator's round deadline unless
+    #: ``round_timeout_s`` is set
     timeout_s: float = 1800.0
+    round_timeout_s: float = 0.0
     threads_per_process: int = 1
 
 
@@ -82,6 +91,8 @@ def participant_tables(options: DemoOptions) -> dict[str, dict[str, object]]:
                                       "batch_size": options.batch_size}
     if options.max_colluders >= 0:
         privacy["max_colluders"] = options.max_colluders
+        if options.max_dropouts:
+            privacy["max_dropouts"] = options.max_dropouts
         calibration.update(rounds=options.rounds * options.steps_per_round,
                            steps_per_round=1, optimizer="global_adam")
     return {"participant.privacy": privacy, "participant.calibration": calibration}
@@ -96,6 +107,9 @@ def _prepare_model(model: str) -> None:
 
 def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """Run the whole federation; returns the collected reports."""
+    if options.drop_after_round and (options.max_colluders < 0 or options.max_dropouts < 1):
+        raise ValueError("drop_after_round needs distributed DP with max_dropouts >= 1 "
+                         "(else the others cannot finish without the dropped participant)")
     work = Path(options.workdir or tempfile.mkdtemp(prefix="fedctx-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     ids = [f"org{i + 1}" for i in range(options.participants)]
@@ -108,7 +122,9 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
         "federation_id": federation_id, "roster": ids, "keyholder_id": ids[0],
         "state_dir": str(work / "coordinator-state"), "tls_cert": str(pki.coordinator_cert),
         "tls_key": str(pki.coordinator_key), "tls_ca": str(pki.ca_cert),
-        "round_timeout_s": options.timeout_s, "host": "127.0.0.1", "port": 0,
+        "round_timeout_s": options.round_timeout_s or options.timeout_s,
+        "host": "127.0.0.1", "port": 0,
+        "quorum": options.participants - options.max_dropouts,
     }}))
     env = {**os.environ, "OMP_NUM_THREADS": str(options.threads_per_process),
            "TOKENIZERS_PARALLELISM": "false"}
@@ -160,10 +176,8 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
                   else f"{source} vector, no vector round -> ")
         print(f"  running: keys -> {rounds}calibration rounds -> evaluation ...", file=out)
         start = time.monotonic()
-        for pid, process in processes.items():
-            remaining = max(1.0, options.timeout_s - (time.monotonic() - start))
-            if process.wait(timeout=remaining) != 0:
-                raise RuntimeError(f"participant {pid} failed; see {logs / (pid + '.log')}")
+        dropped = _wait(processes, options, port=port, pki=pki, logs=logs,
+                        round_id=f"calib-{source}-{options.drop_after_round}", out=out)
         elapsed = time.monotonic() - start
     finally:
         for process in [*processes.values(), coordinator]:
@@ -173,9 +187,47 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    reports = {pid: json.loads((work / f"{pid}.json").read_text()) for pid in ids}
+    reports = {pid: json.loads((work / f"{pid}.json").read_text())
+               for pid in ids if pid not in dropped}
     print_table(reports, elapsed_s=elapsed, out=out)
     return reports
+
+
+def _wait(processes: dict[str, subprocess.Popen[bytes]], options: DemoOptions, *, port: int,
+          pki, logs: Path, round_id: str, out) -> set[str]:  # type: ignore[no-untyped-def]
+    """Wait for every participant; with ``drop_after_round``, SIGKILL the last one once
+    ``round_id`` has closed (watched through the coordinator's public round list). Returns
+    the participants killed; any other failure raises."""
+    from participant.client import CoordinatorClient, TlsFiles  # noqa: PLC0415
+    from proto.fedctx.v1 import fedctx_pb2 as pb  # noqa: PLC0415
+
+    victim = list(processes)[-1] if options.drop_after_round else ""
+    watcher = None
+    if victim:
+        cert, key = pki.participants[list(processes)[0]]
+        watcher = CoordinatorClient(f"127.0.0.1:{port}", TlsFiles(cert, key, pki.ca_cert))
+    dropped: set[str] = set()
+    deadline = time.monotonic() + options.timeout_s
+    try:
+        while any(p.poll() is None for p in processes.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the federation did not finish in {options.timeout_s:.0f} s")
+            if watcher is not None and not dropped and any(
+                    r.round_id == round_id and r.state == pb.ROUND_STATE_CLOSED
+                    for r in watcher.federation().rounds):
+                processes[victim].kill()
+                processes[victim].wait()
+                dropped.add(victim)
+                print(f"  killed participant {victim} (SIGKILL) after {round_id} closed",
+                      file=out)
+            time.sleep(0.5)
+    finally:
+        if watcher is not None:
+            watcher.close()
+    for pid, process in processes.items():
+        if pid not in dropped and process.returncode != 0:
+            raise RuntimeError(f"participant {pid} failed; see {logs / (pid + '.log')}")
+    return dropped
 
 
 def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -> None:  # type: ignore[no-untyped-def,type-arg]
@@ -206,6 +258,10 @@ def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -
               f"{max(r['epsilon_if_more_collude'] for r in reports.values()):.3g} if more "
               f"collude); the fixed point adds {first['delta_discretization']:.1e} to delta",
               file=out)
+    if first.get("max_dropouts", 0):
+        dropped = sorted({p for r in reports.values() for p in r["dropped_participants"]})
+        print(f"dropout recovery: up to {first['max_dropouts']} may drop out (each share "
+              f"sized for that); dropped: {', '.join(dropped) or 'none'}", file=out)
     print(f"{'participant':<14}{'records':>9}{'demos':>7}{'epsilon spent':>15}{'bytes sent':>14}",
           file=out)
     for pid, r in reports.items():

@@ -147,6 +147,26 @@ class CoordinatorClient:
         return self._call("GetRound", lambda: self.stub.GetRound(
             pb.GetRoundRequest(round_id=round_id), timeout=self.timeout_s))
 
+    def deposit_mask_shares(self, request: pb.DepositMaskSharesRequest) -> None:
+        """Dropout recovery: deposit the sealed shares of this participant's mask key."""
+        self.bytes_sent += request.ByteSize()
+        self._call("DepositMaskShares", lambda: self.stub.DepositMaskShares(
+            request, timeout=self.timeout_s))
+
+    def mask_shares(self, round_id: str) -> pb.GetMaskSharesResponse:
+        """Shares sealed to this participant (``round_id`` ``""``: the mask-key deposits)
+        and a closed round's revealed shares (FAILED_PRECONDITION while it is open)."""
+        response = self._call("GetMaskShares", lambda: self.stub.GetMaskShares(
+            pb.GetMaskSharesRequest(round_id=round_id), timeout=self.timeout_s))
+        self.bytes_received += response.ByteSize()
+        return response
+
+    def reveal_mask_shares(self, request: pb.RevealMaskSharesRequest) -> int:
+        """Reveal this survivor's shares for a closed round; returns the revealers so far."""
+        self.bytes_sent += request.ByteSize()
+        return self._call("RevealMaskShares", lambda: self.stub.RevealMaskShares(
+            request, timeout=self.timeout_s)).revealers
+
     # -- streams -----------------------------------------------------------------------
     def _upload(self, method: str, request_type: Any, header: Any, blobs: list[bytes], *,
                 chunk_bytes: int) -> Any:

@@ -71,7 +71,16 @@ class PrivacySettings:
             participant has only its own share (the report's ``epsilon_if_more_collude``).
             Needs ``optimizer = "global_adam"`` with ``steps_per_round = 1`` and uniform
             update weighting (a round's release must be a sum of Gaussian mechanisms), a
-            fixed clip, no private vector release, and every participant in every round.
+            fixed clip, no private vector release, and every participant in every round
+            unless ``max_dropouts`` allows fewer.
+        max_dropouts: distributed DP only. 0 (default): every participant must contribute
+            to every masked round. ``d >= 1``: up to ``d`` participants may drop out over
+            the whole federation (Bonawitz-style recovery, :mod:`privacy.mask_recovery`):
+            the survivors reveal Shamir shares that remove the missing participants'
+            masks, every share carries ``1 / sqrt(n - t - d)`` of the noise (so the
+            survivors' honest shares still carry all of it), and a round needs at least
+            ``n - d`` contributions (the coordinator's quorum). Costs a separate mask key,
+            sealed shares with every contribution and one more exchange per round.
 
     The calibration's per-record gradient clip is ``[participant.calibration]``'s
     ``max_grad_norm`` (``clip_quantile`` for an adaptive clip, ``clip_scale`` to scale each
@@ -86,6 +95,7 @@ class PrivacySettings:
     vector_denoise: str = "james_stein"
     insecure_noise_seed: int = -1
     max_colluders: int = -1
+    max_dropouts: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_colluders, bool) or not isinstance(self.max_colluders, int):
@@ -94,6 +104,12 @@ class PrivacySettings:
             raise ConfigError("max_colluders must be -1 (local DP) or a count >= 0")
         if self.distributed and not self.private:
             raise ConfigError("max_colluders (distributed DP) needs a finite target_epsilon")
+        if isinstance(self.max_dropouts, bool) or not isinstance(self.max_dropouts, int) or \
+                self.max_dropouts < 0:
+            raise ConfigError(f"max_dropouts must be an int >= 0, got {self.max_dropouts!r}")
+        if self.max_dropouts and not self.distributed:
+            raise ConfigError("max_dropouts needs distributed DP (max_colluders >= 0): local "
+                              "DP rounds need no recovery")
         if not (self.target_epsilon > 0):
             raise ConfigError("target_epsilon must be > 0 (inf for no privacy)")
         if not 0 < self.delta < 1:

@@ -103,6 +103,10 @@ class ParticipantReport:
     noise_share: float | None = None
     update_weight: float | None = None
     epsilon_if_more_collude: float | None = None
+    #: dropout recovery: how many may drop out over the federation, and who did (their
+    #: masks were removed with the survivors' revealed shares)
+    max_dropouts: int = 0
+    dropped_participants: list[str] = field(default_factory=list)
     #: masked values clamped to their round's public bound (a count; should stay 0)
     masked_values_clamped: int = 0
     #: calibration steps whose clipped-gradient sum was capped (a count; should stay 0)
@@ -294,8 +298,12 @@ class Participant:
         return epsilon_for_history(history, delta=privacy.delta, accountant=privacy.accountant)
 
     # -- keys ---------------------------------------------------------------------------
-    def _x25519(self) -> tuple[bytes, bytes]:
-        path = self.state_dir / "keys" / f"{self.config.federation_id}.x25519"
+    def _x25519(self, purpose: str = "seal") -> tuple[bytes, bytes]:
+        """``(private, public)``: this federation's X25519 key pair for ``purpose``
+        (``seal``: the key the CKKS context is sealed to; ``mask``: dropout recovery's mask
+        key), created on first use and kept in the state folder."""
+        suffix = {"seal": "x25519", "mask": "mask-x25519"}[purpose]
+        path = self.state_dir / "keys" / f"{self.config.federation_id}.{suffix}"
         if path.exists():
             private = path.read_bytes()
             public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
@@ -320,6 +328,8 @@ class Participant:
             "optimizer": cal.optimizer, "sgd_learning_rate": cal.sgd_learning_rate,
             **({"distributed_dp": {
                 "max_colluders": cfg.privacy.max_colluders,
+                **({"max_dropouts": cfg.privacy.max_dropouts}
+                   if cfg.privacy.max_dropouts else {}),
                 "max_calibration_records": cfg.max_calibration_records,
                 "target_epsilon": cfg.privacy.target_epsilon, "delta": cfg.privacy.delta,
                 "accountant": cfg.privacy.accountant, "max_grad_norm": cal.max_grad_norm,
@@ -353,14 +363,21 @@ class Participant:
         cfg = self.config
         ctx_path = self.state_dir / "keys" / f"{cfg.federation_id}.ckks"
         private, public = self._x25519()
-        self.client.announce_key(pb.AnnounceKeyRequest(
+        request = pb.AnnounceKeyRequest(
             federation_id=cfg.federation_id, x25519_public=public,
             signature=keyshare.sign_key_announcement(
                 federation_id=cfg.federation_id, participant_id=cfg.participant_id,
                 x25519_public=public, signing_key_pem=self.signing_key,
             ),
             certificate_pem=cfg.tls_cert.read_text(),
-        ))
+        )
+        if cfg.privacy.max_dropouts:
+            _, request.mask_x25519_public = self._x25519("mask")
+            request.mask_signature = keyshare.sign_key_announcement(
+                federation_id=cfg.federation_id, participant_id=cfg.participant_id,
+                x25519_public=request.mask_x25519_public, signing_key_pem=self.signing_key,
+                purpose="mask")
+        self.client.announce_key(request)
         if ctx_path.exists() and federation.ckks_context_fingerprint:
             context = ckks.load_secret_context(ctx_path.read_bytes())
             public_bytes = ckks.serialize_public_context(context)
@@ -428,21 +445,25 @@ class Participant:
 
     def _start_masking(self, federation: pb.GetFederationResponse, *, sigma: float,
                        report: ParticipantReport) -> tuple[float, float, float]:
-        """Distributed DP: check that every round needs the whole roster, derive the pair
-        masks from the verified key announcements and split the noise
+        """Distributed DP: check that no round can close with fewer contributions than the
+        noise plan allows, derive the pair masks from the verified key announcements (and,
+        with dropout recovery, exchange the mask keys' shares) and split the noise
         (:func:`noise_shares`, which also sets this participant's update weight). Returns
         ``(effective noise multiplier for the ledger, calibration share added, fraction of
         the label bias's multiplier added)``."""
         cfg = self.config
         roster = list(federation.roster)
-        if federation.quorum != len(roster):
+        dropouts = cfg.privacy.max_dropouts
+        if federation.quorum < len(roster) - dropouts:
             raise ProtocolError(
-                f"distributed DP needs every participant in every round, but the coordinator "
+                f"distributed DP with max_dropouts = {dropouts} needs at least "
+                f"{len(roster) - dropouts} contributions in every round, but the coordinator "
                 f"closes rounds with a quorum of {federation.quorum} of {len(roster)}")
         shares = noise_shares(
             own=sigma, floor=self._floor_noise_multiplier(records=cfg.max_calibration_records),
-            participants=len(roster), max_colluders=cfg.privacy.max_colluders)
-        honest = len(roster) - cfg.privacy.max_colluders
+            participants=len(roster), max_colluders=cfg.privacy.max_colluders,
+            max_dropouts=dropouts)
+        honest = self._honest(len(roster))
         # A public bound on a weighted update's coordinate: the lr times the clip times
         # MAX_SUM_BATCHES batches of clipped gradients (the calibrator caps the sum there)
         # plus HEADROOM_STDS stds of a weighted share (the same for all) over the batch,
@@ -463,7 +484,15 @@ class Participant:
             own_id=cfg.participant_id, x25519_private=private, announcements=announcements,
             roster=roster, federation_id=cfg.federation_id,
             ca_certificate_pem=cfg.tls_ca.read_bytes(), ckks_params=cfg.ckks,
-            seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"))
+            seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"),
+            mask_private=self._x25519("mask")[0] if dropouts else None, max_dropouts=dropouts)
+        if dropouts:  # each mask key's Shamir shares, before anything is masked with it
+            self.client.deposit_mask_shares(pb.DepositMaskSharesRequest(
+                federation_id=cfg.federation_id, shares=self.masked_sum.mask_key_shares()))
+            deposits = _poll("every participant's mask-key shares",
+                             lambda: self._deposited(len(roster) - 1),
+                             timeout_s=federation.round_timeout_s)
+            self.masked_sum.receive_mask_key_shares(deposits)
         # What the fixed point adds to the guarantee's delta, refused before anything is
         # released if too much: every calibration round's coefficients (the weight slot
         # is public) and the label bias's class statistics.
@@ -480,6 +509,7 @@ class Participant:
             honest=honest, epsilon=cfg.privacy.target_epsilon, delta=cfg.privacy.delta)
         report.noise_multiplier = shares.effective
         report.max_colluders = cfg.privacy.max_colluders
+        report.max_dropouts = dropouts
         report.noise_share = shares.share
         report.update_weight = shares.weight
         report.epsilon_if_more_collude = self.epsilon_if_more_collude(shares.share,
@@ -494,11 +524,23 @@ class Participant:
         most every record, plus ``HEADROOM_STDS`` stds of a share's noise."""
         return self.config.max_calibration_records + HEADROOM_STDS * noise_std
 
+    def _honest(self, participants: int) -> int:
+        """The fewest honest participants whose shares a coalition cannot read:
+        ``n - max_colluders - max_dropouts``."""
+        return participants - self.config.privacy.max_colluders \
+            - self.config.privacy.max_dropouts
+
+    def _deposited(self, others: int) -> list[pb.SealedShare]:
+        found = list(self.client.mask_shares("").sealed)
+        if len(found) < others:
+            raise _NotYet
+        return found
+
     def _share_note(self) -> str:
         """What a ledger entry's noise multiplier means under distributed DP ('' if local)."""
         if self.masked_sum is None:
             return ""
-        honest = self.masked_sum.participants - self.config.privacy.max_colluders
+        honest = self._honest(self.masked_sum.participants)
         return (f"; distributed DP: the noise multiplier is what the weighted shares of at "
                 f"least {honest} honest participants give this participant's records, this "
                 f"one added 1/sqrt({honest}) of it")
@@ -546,14 +588,15 @@ class Participant:
         status = self.client.round(round_id)
         length = values.size * (self.masked_sum.limbs if self.masked_sum else 1)
         if not status.contributed:
-            plain = values if not masked else self.masked_sum.mask(  # type: ignore[union-attr]
-                values, round_id=round_id, bound=mask_bound)  # type: ignore[arg-type]
+            plain, mask_shares = (values, []) if not masked else \
+                self.masked_sum.mask(  # type: ignore[union-attr]
+                    values, round_id=round_id, bound=mask_bound)  # type: ignore[arg-type]
             blobs = self.crypto().encrypt(plain)
             header = pb.ContributionHeader(
                 federation_id=self.config.federation_id, round_id=round_id,
                 model_fingerprint=self.lm.fingerprint, layer_map_fingerprint=self.layer_fp,
                 ckks_context_fingerprint=federation.ckks_context_fingerprint,
-                vector_length=length, kind=kind,
+                vector_length=length, kind=kind, mask_shares=mask_shares,
             )
             self.client.submit(header, blobs, chunk_bytes=federation.chunk_bytes)
         if release_id is not None:
@@ -563,10 +606,42 @@ class Participant:
         if aggregate.ckks_context_fingerprint != federation.ckks_context_fingerprint:
             raise ProtocolError("aggregate was produced under another CKKS context")
         total = self.crypto().decrypt(aggregate.blobs, length=length)
-        if masked:
+        if masked and self.masked_sum.recovers:  # type: ignore[union-attr]
+            total = self._recover(round_id, total, contributions=aggregate.contributions,
+                                  bound=mask_bound, timeout_s=federation.round_timeout_s)  # type: ignore[arg-type]
+        elif masked:
             total = self.masked_sum.unmask(  # type: ignore[union-attr]
                 total, contributions=aggregate.contributions, bound=mask_bound)  # type: ignore[arg-type]
         return total / aggregate.contributions, aggregate.contributions
+
+    def _recover(self, round_id: str, decrypted: np.ndarray, *, contributions: int,
+                 bound: float, timeout_s: float) -> np.ndarray:
+        """Dropout recovery of a closed masked round: reveal this survivor's shares, wait
+        for the threshold's reveals, unmask (:class:`MaskedSum`)."""
+        masked_sum = self.masked_sum
+        assert masked_sum is not None
+        found = self.client.mask_shares(round_id)
+        contributors = list(found.contributors)
+        if set(found.retired) != set(masked_sum.roster) - masked_sum.active:
+            raise ProtocolError(f"the coordinator's dropped participants {list(found.retired)} "
+                                f"are not this participant's for round {round_id!r}")
+        reveals = masked_sum.reveal(round_id, contributors=contributors, sealed=found.sealed)
+        self.client.reveal_mask_shares(pb.RevealMaskSharesRequest(round_id=round_id,
+                                                                  shares=reveals))
+
+        def revealed() -> list[pb.RevealedShare]:
+            shares = list(self.client.mask_shares(round_id).revealed)
+            if not masked_sum.ready(shares, contributors=contributors):
+                raise _NotYet
+            return shares
+
+        shares = _poll(f"round {round_id!r}'s reveals", revealed, timeout_s=timeout_s)
+        dropped = sorted(masked_sum.active - set(contributors))
+        if dropped:
+            logger.warning("[Participant] round %s closed without %s: their masks were "
+                           "recovered from the survivors' shares", round_id, dropped)
+        return masked_sum.unmask(decrypted, contributions=contributions, bound=bound,
+                                 round_id=round_id, contributors=contributors, revealed=shares)
 
     def _round_record(self, round_id: str, contributions: int, *, compute_s: float,
                       sent_before: int, waited_from: float) -> dict[str, object]:
@@ -759,6 +834,8 @@ class Participant:
         report.epsilon_spent = self.ledger.epsilon_spent()
         if self.masked_sum is not None:
             report.masked_values_clamped = self.masked_sum.clamped
+            report.dropped_participants = sorted(set(self.masked_sum.roster)
+                                                 - self.masked_sum.active)
             report.calibration_sums_capped = calibrator.sums_capped \
                 if cfg.calibration.rounds else 0
         if cfg.cache_task and federation.keyholder_id == cfg.participant_id:

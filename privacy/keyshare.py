@@ -73,6 +73,9 @@ _MAX_SIGNATURE_BYTES: Final = 1024
 MAX_SECRET_BYTES: Final = 64 * 1024 * 1024
 
 _ANNOUNCE_TAG: Final = b"fedctx/keyshare/announce/v1"
+#: Announcement tags by purpose: the sealing key, and the mask key of dropout recovery
+#: (``privacy.mask_recovery``), so that neither signature can stand for the other.
+_ANNOUNCE_TAGS: Final = {"seal": _ANNOUNCE_TAG, "mask": b"fedctx/keyshare/announce-mask/v1"}
 _BOUND_TAG: Final = b"fedctx/keyshare/seal/v1"
 _HKDF_TAG: Final = b"fedctx/keyshare/seal/hkdf/v1"
 _AAD_TAG: Final = b"fedctx/keyshare/seal/aad/v1"
@@ -93,7 +96,8 @@ def generate_x25519_keypair() -> tuple[bytes, bytes]:
 
 
 def sign_key_announcement(
-    *, federation_id: str, participant_id: str, x25519_public: bytes, signing_key_pem: bytes
+    *, federation_id: str, participant_id: str, x25519_public: bytes, signing_key_pem: bytes,
+    purpose: str = "seal",
 ) -> bytes:
     """Sign a participant's X25519 public key with its certificate key.
 
@@ -106,6 +110,8 @@ def sign_key_announcement(
         x25519_public: 32-byte raw X25519 public key.
         signing_key_pem: PEM private key of the participant's TLS client
             certificate (EC P-256 or Ed25519, unencrypted).
+        purpose: ``"seal"`` (the key sealed secrets are sent to) or ``"mask"`` (the mask
+            key of dropout recovery); each has its own tag in the signed message.
 
     Returns:
         The signature (DER ECDSA or raw Ed25519).
@@ -113,7 +119,7 @@ def sign_key_announcement(
     Raises:
         KeyShareError: If an argument is malformed or the key is unsupported.
     """
-    message = _announcement_message(federation_id, participant_id, x25519_public)
+    message = _announcement_message(federation_id, participant_id, x25519_public, purpose)
     _, signature = _sign(_load_signing_key(signing_key_pem), message)
     return signature
 
@@ -126,8 +132,10 @@ def verify_key_announcement(
     signature: bytes,
     certificate_pem: bytes,
     ca_certificate_pem: bytes,
+    purpose: str = "seal",
 ) -> None:
-    """Check that an X25519 public key was announced by ``participant_id``.
+    """Check that an X25519 public key was announced by ``participant_id`` for ``purpose``
+    (:func:`sign_key_announcement`).
 
     Args:
         federation_id: Federation the key is announced in.
@@ -141,7 +149,7 @@ def verify_key_announcement(
         KeyShareError: If the certificate is not issued by the CA, is outside
             its validity period, has another CN, or the signature is invalid.
     """
-    message = _announcement_message(federation_id, participant_id, x25519_public)
+    message = _announcement_message(federation_id, participant_id, x25519_public, purpose)
     public_key = _verify_certificate(certificate_pem, ca_certificate_pem, participant_id)
     _verify_signature(
         public_key, _algorithm_of(public_key), _as_bytes(signature, "signature"), message
@@ -433,11 +441,14 @@ def _derive_key(shared: bytes, bound: bytes) -> bytes:
     )
 
 
-def _announcement_message(federation_id: str, participant_id: str, x25519_public: bytes) -> bytes:
+def _announcement_message(federation_id: str, participant_id: str, x25519_public: bytes,
+                          purpose: str) -> bytes:
+    if purpose not in _ANNOUNCE_TAGS:
+        raise KeyShareError(f"purpose must be one of {sorted(_ANNOUNCE_TAGS)}")
     public = _as_bytes(x25519_public, "x25519_public")
     _load_x25519_public(public)
     return _lp(
-        _ANNOUNCE_TAG,
+        _ANNOUNCE_TAGS[purpose],
         _encode_id(federation_id, "federation_id"),
         _encode_id(participant_id, "participant_id"),
         public,

@@ -2,7 +2,8 @@
 
 fedctx's participants share the CKKS secret key, so the secure sum hides a contribution
 from the coordinator only: any participant that colludes with it can decrypt another's
-ciphertext. Pairwise masking (Bonawitz et al., CCS 2017, without dropout recovery) closes
+ciphertext. Pairwise masking (Bonawitz et al., CCS 2017; their dropout recovery is
+:mod:`privacy.mask_recovery`) closes
 that gap. Every pair of participants ``(i, j)`` derives a key from their announced X25519
 keys; per round, each expands it into a mask vector uniform modulo ``2^b``; the one with
 the smaller id adds the mask, the other subtracts it. The masks cancel in the sum of all
@@ -36,9 +37,9 @@ participant computes before it releases anything and refuses above 1% of the bud
 delta: for 10 participants (tau of 10 and more) it is about 1e-15.
 
 Limits (stated, not hidden): every participant of the mask set must contribute to the
-round (no dropout recovery: a round with a missing contribution cannot be unmasked and
-is refused), and the masks protect against coalitions that follow the protocol; a
-participant that changes its masks only spoils the sum.
+round unless :mod:`privacy.mask_recovery` removes the missing ones' masks (opt-in), and
+the masks protect against coalitions that follow the protocol; a participant that changes
+its masks only spoils the sum.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ def _lp(*parts: bytes) -> bytes:
 
 def pair_keys(
     *, own_id: str, own_x25519_private: bytes, peers: Mapping[str, bytes], federation_id: str,
+    purpose: bytes = _PAIR_TAG,
 ) -> dict[str, bytes]:
     """32-byte mask keys shared with each peer: ``HKDF-SHA256(X25519(own, peer))`` bound to
-    the federation and the (ordered) pair of ids.
+    the ``purpose`` (a domain-separation tag), the federation and the (ordered) pair of ids.
 
     Args:
         own_id: this participant's id.
@@ -103,7 +105,7 @@ def pair_keys(
     for peer_id, public in peers.items():
         shared = private.exchange(x25519.X25519PublicKey.from_public_bytes(public))
         low, high = sorted((own_id, peer_id))
-        info = _lp(_PAIR_TAG, federation_id.encode(), low.encode(), high.encode())
+        info = _lp(purpose, federation_id.encode(), low.encode(), high.encode())
         keys[peer_id] = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                              info=info).derive(shared)
     return keys
@@ -206,12 +208,15 @@ def mask_values(
 
 def unmask_sum(
     decrypted: np.ndarray, *, bound: float, participants: int, bits: int,
-    tolerance: float = 0.25, limbs: int = 1,
+    tolerance: float = 0.25, limbs: int = 1, correction: np.ndarray | None = None,
 ) -> np.ndarray:
     """The sum ``[n]`` of the ``participants`` clamped values from the decrypted CKKS sum of
     their masked contributions ``[limbs * n]`` (:func:`mask_values`): round every digit's
-    sum to integers, recombine the digits, reduce modulo ``2^(limbs * bits)`` (the masks
-    cancel), centre, unscale.
+    sum to integers, recombine the digits, subtract ``correction`` (``[n]`` modulo
+    ``2^(limbs * bits)``: the masks that do not cancel, after a dropout,
+    :mod:`privacy.mask_recovery`), reduce modulo ``2^(limbs * bits)`` (the masks cancel),
+    centre, unscale. ``participants`` is the federation's size, which fixed the scale; a
+    round may sum fewer.
 
     Raises:
         MaskingError: a value is more than ``tolerance`` from an integer or outside
@@ -238,6 +243,11 @@ def unmask_sum(
     recombined = sum(digits[j] << (bits * j) for j in range(limbs))  # < n 2^total: int64
     modulus = 1 << total_bits
     residues = np.mod(recombined, modulus)
+    if correction is not None:
+        if correction.shape != residues.shape:
+            raise ConfigError(f"a correction of shape {correction.shape} for "
+                              f"{residues.shape} values")
+        residues = np.mod(residues - np.mod(correction.astype(np.int64), modulus), modulus)
     centred = np.where(residues >= modulus // 2, residues - modulus, residues)
     return centred / fixed_point_scale(bound=bound, participants=participants,
                                        bits=total_bits)

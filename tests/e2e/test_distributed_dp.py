@@ -125,7 +125,7 @@ def test_max_colluders_must_leave_an_honest_participant(
     from participant.errors import ProtocolError
 
     server = coordinator_factory(roster=IDS)
-    with pytest.raises(ProtocolError, match="leaves no honest participant"):
+    with pytest.raises(ProtocolError, match="leave no honest participant"):
         _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data, max_colluders=3))
 
 
@@ -189,3 +189,96 @@ def test_a_participant_with_few_records_is_weighed_down_not_everyone_noised_up(
     assert abs(expected - (2 * RECORDS + 6) / 300) > 3e-3  # not the plain mean
     for mean in means:
         torch.testing.assert_close(mean, torch.full_like(mean, expected), atol=5e-4, rtol=0)
+
+
+def test_a_participant_that_drops_out_is_recovered_from_the_survivors_shares(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """max_dropouts = 1: org3 stops before its second calibration round. That round closes
+    at its deadline with org1 and org2, who reveal their shares of each other's self-mask
+    and of org3's mask key and unmask exactly their own mean; the third round closes as
+    soon as both are in (org3 is out of the mask set), and the noise was sized for the
+    one honest participant left (n - t - d = 1)."""
+    import dataclasses
+    import threading
+
+    from participant.federation import Participant
+
+    drop_round = "calib-public-2"
+    inputs: dict[tuple[str, str], np.ndarray] = {}
+    outputs: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
+    real_secure_mean = Participant.secure_mean
+
+    def secure_mean(self, round_id, values, **kwargs):  # type: ignore[no-untyped-def]
+        pid = self.config.participant_id
+        if pid == "org3" and round_id == drop_round:
+            raise RuntimeError("org3 drops out")
+        inputs[(pid, round_id)] = values.copy()
+        outputs[(pid, round_id)] = real_secure_mean(self, round_id, values, **kwargs)
+        return outputs[(pid, round_id)]
+
+    monkeypatch.setattr(Participant, "secure_mean", secure_mean)
+    _record_means(monkeypatch, lambda calibrator: float(calibrator.queries.labels.sum()) / 1000)
+    server = coordinator_factory(roster=IDS, quorum=2, round_timeout_s=20.0)
+    configs = [dataclasses.replace(
+        c, privacy=dataclasses.replace(c.privacy, max_dropouts=1),
+        calibration=dataclasses.replace(c.calibration, rounds=3, label_bias="none"))
+        for c in _configs(server, pki, tmp_path, tiny_llama_dir, shared_data)]
+    reports, errors = {}, []
+
+    def run(config):  # type: ignore[no-untyped-def]
+        participant = Participant(config)
+        try:
+            reports[config.participant_id] = participant.run()
+        except Exception as exc:  # noqa: BLE001 - org3's drop, checked below
+            errors.append((config.participant_id, exc))
+        finally:
+            participant.close()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=280)
+    assert [(pid, str(exc)) for pid, exc in errors] == [("org3", "org3 drops out")]
+    assert set(reports) == {"org1", "org2"}
+
+    for r, contributors in ((1, IDS), (2, IDS[:2]), (3, IDS[:2])):
+        round_id = f"calib-public-{r}"
+        expected = sum(inputs[(p, round_id)] for p in contributors) / len(contributors)
+        for pid in IDS[:2]:
+            mean, count = outputs[(pid, round_id)]
+            assert count == len(contributors)
+            np.testing.assert_allclose(mean, expected, atol=5e-4, rtol=0)
+    rows = {r.round_id: r for r in server.aggregator.store.list_rounds()}
+    # round 2 waited for its deadline; round 3 closed with both survivors, without waiting
+    assert rows["calib-public-2"].closed_at - rows["calib-public-2"].opened_at >= 19.0
+    assert rows["calib-public-3"].closed_at - rows["calib-public-3"].opened_at < 15.0
+    for pid, report in reports.items():
+        assert report.max_dropouts == 1 and report.dropped_participants == ["org3"], pid
+        # one honest participant left (3 - 1 colluder - 1 dropout): each share is whole
+        assert report.noise_share == pytest.approx(report.noise_multiplier)
+        assert report.epsilon_spent <= 4.0 + 1e-6
+        assert [r["contributions"] for r in report.rounds] == [3, 2, 2]
+    # org3's mask key is public now; it may not contribute again
+    from coordinator.errors import NotAllowedError
+
+    header = dataclasses.replace(_stored_header(server, "calib-public-3"),
+                                 round_id="calib-public-4")
+    with pytest.raises(NotAllowedError, match="may not contribute again"):
+        server.aggregator.check_header("org3", header)
+
+
+def _stored_header(server, round_id):  # type: ignore[no-untyped-def]
+    """A header a participant of ``round_id`` could send (for the coordinator's checks)."""
+    from coordinator.aggregator import Header
+
+    row = server.aggregator.store.get_round(round_id)
+    return Header(
+        federation_id="fed-test", round_id=round_id,
+        model_fingerprint=server.aggregator.pinned("model_fingerprint"),
+        layer_map_fingerprint=server.aggregator.pinned("layer_map_fingerprint"),
+        ckks_context_fingerprint=server.aggregator.store.get_meta("ckks_context_fingerprint"),
+        vector_length=row.vector_length, num_ciphertexts=row.num_ciphertexts,
+        payload_bytes=100, payload_sha256=bytes(32), kind=row.kind)

@@ -56,7 +56,8 @@ LENGTH = 2100  # two ciphertexts at 2048 slots
 MODEL_FP, LAYER_FP = "m" * 64, "l" * 64
 CALL_TIMEOUT = 10.0
 SERVICE = "fedctx.v1.Coordinator"
-TABLES = ("meta", "key_announcements", "sealed_keys", "rounds", "contributions", "tasks")
+TABLES = ("meta", "key_announcements", "sealed_keys", "rounds", "contributions", "tasks",
+          "mask_keys", "mask_shares", "revealed_shares")
 TASK_V, TASK_C = 2000, 50  # a cached task: 2000 vector values + 50 coefficients
 SC = grpc.StatusCode
 NEVER = frozenset({SC.INTERNAL, SC.UNKNOWN, SC.DEADLINE_EXCEEDED, SC.UNAVAILABLE,
@@ -896,6 +897,12 @@ def _fill_valid_bodies(fingerprint: str) -> None:
         "DownloadAggregate": [pb.DownloadAggregateRequest(round_id="r1").SerializeToString()],
         "AnnounceKey": [pb.AnnounceKeyRequest(federation_id=FED, x25519_public=b"\x01" * 32,
                                               signature=b"s").SerializeToString()],
+        "DepositMaskShares": [pb.DepositMaskSharesRequest(federation_id=FED, shares=[
+            pb.SealedShare(recipient_id="org2", sealed=b"\x00" * 94)]).SerializeToString()],
+        "GetMaskShares": [pb.GetMaskSharesRequest(round_id="r1").SerializeToString()],
+        "RevealMaskShares": [pb.RevealMaskSharesRequest(round_id="r1", shares=[
+            pb.RevealedShare(owner_id="org1", kind=pb.REVEALED_KIND_SELF_MASK,
+                             share=b"\x00" * 66)]).SerializeToString()],
         "PublishKeys": [pb.PublishKeysRequest(
             federation_id=FED, public_context=b"\x0a\x00",
             sealed_keys=[pb.SealedKey(recipient_id="org2")]).SerializeToString()],
@@ -965,7 +972,8 @@ def test_fuzz_raw_request_bodies(fed: Fed, data: st.DataObject) -> None:
     if arity_abuse:
         allowed.add(SC.UNIMPLEMENTED)  # gRPC: "requires exactly one request message"
     check(fed, f"raw:{name}", code, details, allowed)
-    if code == SC.OK and name in ("AnnounceKey", "PublishKeys", "SubmitContribution", "PutTask"):
+    if code == SC.OK and name in ("AnnounceKey", "PublishKeys", "SubmitContribution", "PutTask",
+                                  "DepositMaskShares", "RevealMaskShares"):
         raise AssertionError(f"raw garbage accepted by {name}")
     assert_unchanged(fed, f"raw {name} ({code.name}: {details})")
 

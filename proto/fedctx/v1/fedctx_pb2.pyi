@@ -13,10 +13,19 @@ class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_STATE_OPEN: _ClassVar[RoundState]
     ROUND_STATE_CLOSED: _ClassVar[RoundState]
     ROUND_STATE_FAILED: _ClassVar[RoundState]
+
+class RevealedKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REVEALED_KIND_UNSPECIFIED: _ClassVar[RevealedKind]
+    REVEALED_KIND_SELF_MASK: _ClassVar[RevealedKind]
+    REVEALED_KIND_MASK_KEY: _ClassVar[RevealedKind]
 ROUND_STATE_UNSPECIFIED: RoundState
 ROUND_STATE_OPEN: RoundState
 ROUND_STATE_CLOSED: RoundState
 ROUND_STATE_FAILED: RoundState
+REVEALED_KIND_UNSPECIFIED: RevealedKind
+REVEALED_KIND_SELF_MASK: RevealedKind
+REVEALED_KIND_MASK_KEY: RevealedKind
 
 class GetFederationRequest(_message.Message):
     __slots__ = ()
@@ -65,16 +74,20 @@ class RoundSummary(_message.Message):
     def __init__(self, round_id: _Optional[str] = ..., state: _Optional[_Union[RoundState, str]] = ..., contributions: _Optional[int] = ...) -> None: ...
 
 class AnnounceKeyRequest(_message.Message):
-    __slots__ = ("federation_id", "x25519_public", "signature", "certificate_pem")
+    __slots__ = ("federation_id", "x25519_public", "signature", "certificate_pem", "mask_x25519_public", "mask_signature")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     X25519_PUBLIC_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    MASK_X25519_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    MASK_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     x25519_public: bytes
     signature: bytes
     certificate_pem: str
-    def __init__(self, federation_id: _Optional[str] = ..., x25519_public: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate_pem: _Optional[str] = ...) -> None: ...
+    mask_x25519_public: bytes
+    mask_signature: bytes
+    def __init__(self, federation_id: _Optional[str] = ..., x25519_public: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate_pem: _Optional[str] = ..., mask_x25519_public: _Optional[bytes] = ..., mask_signature: _Optional[bytes] = ...) -> None: ...
 
 class AnnounceKeyResponse(_message.Message):
     __slots__ = ()
@@ -85,16 +98,20 @@ class ListKeyAnnouncementsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class KeyAnnouncement(_message.Message):
-    __slots__ = ("participant_id", "x25519_public", "signature", "certificate_pem")
+    __slots__ = ("participant_id", "x25519_public", "signature", "certificate_pem", "mask_x25519_public", "mask_signature")
     PARTICIPANT_ID_FIELD_NUMBER: _ClassVar[int]
     X25519_PUBLIC_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    MASK_X25519_PUBLIC_FIELD_NUMBER: _ClassVar[int]
+    MASK_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     participant_id: str
     x25519_public: bytes
     signature: bytes
     certificate_pem: str
-    def __init__(self, participant_id: _Optional[str] = ..., x25519_public: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate_pem: _Optional[str] = ...) -> None: ...
+    mask_x25519_public: bytes
+    mask_signature: bytes
+    def __init__(self, participant_id: _Optional[str] = ..., x25519_public: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate_pem: _Optional[str] = ..., mask_x25519_public: _Optional[bytes] = ..., mask_signature: _Optional[bytes] = ...) -> None: ...
 
 class ListKeyAnnouncementsResponse(_message.Message):
     __slots__ = ("announcements",)
@@ -155,7 +172,7 @@ class FetchSealedKeyResponse(_message.Message):
     def __init__(self, keyholder_id: _Optional[str] = ..., keyholder_certificate_pem: _Optional[str] = ..., ckks_context_fingerprint: _Optional[str] = ..., sealed_secret_context: _Optional[bytes] = ..., encrypted_secret_context: _Optional[bytes] = ...) -> None: ...
 
 class ContributionHeader(_message.Message):
-    __slots__ = ("federation_id", "round_id", "model_fingerprint", "layer_map_fingerprint", "ckks_context_fingerprint", "vector_length", "num_ciphertexts", "payload_bytes", "payload_sha256", "kind")
+    __slots__ = ("federation_id", "round_id", "model_fingerprint", "layer_map_fingerprint", "ckks_context_fingerprint", "vector_length", "num_ciphertexts", "payload_bytes", "payload_sha256", "kind", "mask_shares")
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +183,7 @@ class ContributionHeader(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    MASK_SHARES_FIELD_NUMBER: _ClassVar[int]
     federation_id: str
     round_id: str
     model_fingerprint: str
@@ -176,7 +194,8 @@ class ContributionHeader(_message.Message):
     payload_bytes: int
     payload_sha256: bytes
     kind: str
-    def __init__(self, federation_id: _Optional[str] = ..., round_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., ckks_context_fingerprint: _Optional[str] = ..., vector_length: _Optional[int] = ..., num_ciphertexts: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., kind: _Optional[str] = ...) -> None: ...
+    mask_shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    def __init__(self, federation_id: _Optional[str] = ..., round_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., layer_map_fingerprint: _Optional[str] = ..., ckks_context_fingerprint: _Optional[str] = ..., vector_length: _Optional[int] = ..., num_ciphertexts: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., payload_sha256: _Optional[bytes] = ..., kind: _Optional[str] = ..., mask_shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
 
 class SubmitContributionRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -225,6 +244,72 @@ class GetRoundResponse(_message.Message):
     aggregate_sha256: bytes
     contributed: bool
     def __init__(self, round_id: _Optional[str] = ..., state: _Optional[_Union[RoundState, str]] = ..., contributions: _Optional[int] = ..., quorum: _Optional[int] = ..., deadline_unix_s: _Optional[float] = ..., vector_length: _Optional[int] = ..., aggregate_sha256: _Optional[bytes] = ..., contributed: _Optional[bool] = ...) -> None: ...
+
+class SealedShare(_message.Message):
+    __slots__ = ("owner_id", "recipient_id", "sealed")
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    owner_id: str
+    recipient_id: str
+    sealed: bytes
+    def __init__(self, owner_id: _Optional[str] = ..., recipient_id: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
+class DepositMaskSharesRequest(_message.Message):
+    __slots__ = ("federation_id", "shares")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    def __init__(self, federation_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ...) -> None: ...
+
+class DepositMaskSharesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("revealer_id", "owner_id", "kind", "share")
+    REVEALER_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    revealer_id: str
+    owner_id: str
+    kind: RevealedKind
+    share: bytes
+    def __init__(self, revealer_id: _Optional[str] = ..., owner_id: _Optional[str] = ..., kind: _Optional[_Union[RevealedKind, str]] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class GetMaskSharesRequest(_message.Message):
+    __slots__ = ("round_id",)
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    def __init__(self, round_id: _Optional[str] = ...) -> None: ...
+
+class GetMaskSharesResponse(_message.Message):
+    __slots__ = ("contributors", "sealed", "revealed", "retired")
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    REVEALED_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
+    contributors: _containers.RepeatedScalarFieldContainer[str]
+    sealed: _containers.RepeatedCompositeFieldContainer[SealedShare]
+    revealed: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    retired: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, contributors: _Optional[_Iterable[str]] = ..., sealed: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ..., revealed: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., retired: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RevealMaskSharesRequest(_message.Message):
+    __slots__ = ("round_id", "shares")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    def __init__(self, round_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
+
+class RevealMaskSharesResponse(_message.Message):
+    __slots__ = ("revealers",)
+    REVEALERS_FIELD_NUMBER: _ClassVar[int]
+    revealers: int
+    def __init__(self, revealers: _Optional[int] = ...) -> None: ...
 
 class DownloadAggregateRequest(_message.Message):
     __slots__ = ("round_id",)

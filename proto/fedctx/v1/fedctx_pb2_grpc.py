@@ -69,6 +69,21 @@ class CoordinatorStub:
                 request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetRoundRequest.SerializeToString,
                 response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetRoundResponse.FromString,
                 _registered_method=True)
+        self.DepositMaskShares = channel.unary_unary(
+                '/fedctx.v1.Coordinator/DepositMaskShares',
+                request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DepositMaskSharesRequest.SerializeToString,
+                response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DepositMaskSharesResponse.FromString,
+                _registered_method=True)
+        self.GetMaskShares = channel.unary_unary(
+                '/fedctx.v1.Coordinator/GetMaskShares',
+                request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetMaskSharesRequest.SerializeToString,
+                response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetMaskSharesResponse.FromString,
+                _registered_method=True)
+        self.RevealMaskShares = channel.unary_unary(
+                '/fedctx.v1.Coordinator/RevealMaskShares',
+                request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.RevealMaskSharesRequest.SerializeToString,
+                response_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.RevealMaskSharesResponse.FromString,
+                _registered_method=True)
         self.DownloadAggregate = channel.unary_stream(
                 '/fedctx.v1.Coordinator/DownloadAggregate',
                 request_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DownloadAggregateRequest.SerializeToString,
@@ -142,6 +157,29 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DepositMaskShares(self, request, context):
+        """Dropout recovery of pairwise-masked rounds (distributed DP with max_dropouts > 0):
+        each participant deposits Shamir shares of its mask private key, sealed per
+        recipient, once; each masked contribution carries sealed shares of its self-mask
+        seed. After a round closes, its survivors reveal shares (a self-mask share for each
+        survivor, a mask-key share for each missing participant) and read the others'.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMaskShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevealMaskShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadAggregate(self, request, context):
         """The encrypted sum of a closed round, streamed in chunks (header first).
         """
@@ -207,6 +245,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetRound,
                     request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetRoundRequest.FromString,
                     response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetRoundResponse.SerializeToString,
+            ),
+            'DepositMaskShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.DepositMaskShares,
+                    request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DepositMaskSharesRequest.FromString,
+                    response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DepositMaskSharesResponse.SerializeToString,
+            ),
+            'GetMaskShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMaskShares,
+                    request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetMaskSharesRequest.FromString,
+                    response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetMaskSharesResponse.SerializeToString,
+            ),
+            'RevealMaskShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevealMaskShares,
+                    request_deserializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.RevealMaskSharesRequest.FromString,
+                    response_serializer=proto_dot_fedctx_dot_v1_dot_fedctx__pb2.RevealMaskSharesResponse.SerializeToString,
             ),
             'DownloadAggregate': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadAggregate,
@@ -418,6 +471,87 @@ class Coordinator:
             '/fedctx.v1.Coordinator/GetRound',
             proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetRoundRequest.SerializeToString,
             proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetRoundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DepositMaskShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedctx.v1.Coordinator/DepositMaskShares',
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DepositMaskSharesRequest.SerializeToString,
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.DepositMaskSharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMaskShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedctx.v1.Coordinator/GetMaskShares',
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetMaskSharesRequest.SerializeToString,
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.GetMaskSharesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevealMaskShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedctx.v1.Coordinator/RevealMaskShares',
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.RevealMaskSharesRequest.SerializeToString,
+            proto_dot_fedctx_dot_v1_dot_fedctx__pb2.RevealMaskSharesResponse.FromString,
             options,
             channel_credentials,
             insecure,

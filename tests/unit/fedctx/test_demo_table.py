@@ -29,9 +29,9 @@ def test_table_names_the_vector_and_its_demonstrations(source: str, label: str, 
     assert text.splitlines()[-3].split()[:3] == ["org1", "256", demos]
 
 
-@pytest.mark.parametrize("max_colluders", [-1, 1])
+@pytest.mark.parametrize(("max_colluders", "max_dropouts"), [(-1, 0), (1, 0), (1, 1)])
 def test_demo_configs_pass_the_participants_checks_with_and_without_distributed_dp(
-        max_colluders: int) -> None:
+        max_colluders: int, max_dropouts: int) -> None:
     """``fedctx demo --max-colluders 1`` writes what a participant accepts: the same 48
     DP-SGD steps, one masked ``global_adam`` round each."""
     from pathlib import Path
@@ -40,7 +40,8 @@ def test_demo_configs_pass_the_participants_checks_with_and_without_distributed_
     from participant.calibration import CalibrationConfig
     from participant.config import ParticipantConfig, PrivacySettings
 
-    tables = participant_tables(DemoOptions(max_colluders=max_colluders))
+    tables = participant_tables(DemoOptions(max_colluders=max_colluders,
+                                            max_dropouts=max_dropouts))
     files = Path("unused")
     config = ParticipantConfig(
         participant_id="org1", coordinator="127.0.0.1:1", tls_cert=files, tls_key=files,
@@ -51,6 +52,7 @@ def test_demo_configs_pass_the_participants_checks_with_and_without_distributed_
     assert cal.rounds * cal.steps_per_round == 48
     assert config.privacy.distributed == (max_colluders >= 0)
     assert (cal.optimizer == "global_adam") == (max_colluders >= 0)
+    assert config.privacy.max_dropouts == max_dropouts
 
 
 def test_the_table_states_the_distributed_guarantee() -> None:
@@ -60,3 +62,8 @@ def test_the_table_states_the_distributed_guarantee() -> None:
     print_table({"org1": report, "org2": report, "org3": report}, elapsed_s=1.0, out=out)
     assert "at most 1 of 3 participants collude" in out.getvalue()
     assert "epsilon 15.2 if more collude" in out.getvalue()
+    assert "dropout recovery" not in out.getvalue()
+    dropped = {**report, "max_dropouts": 1, "dropped_participants": ["org3"]}
+    out = io.StringIO()
+    print_table({"org1": dropped, "org2": dropped}, elapsed_s=1.0, out=out)
+    assert "up to 1 may drop out (each share sized for that); dropped: org3" in out.getvalue()

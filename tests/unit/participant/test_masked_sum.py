@@ -44,5 +44,129 @@ def test_every_honest_weighted_sum_carries_every_members_need() -> None:
 
 
 def test_no_honest_participant_is_refused() -> None:
-    with pytest.raises(ProtocolError, match="leaves no honest participant"):
+    with pytest.raises(ProtocolError, match="leave no honest participant"):
         noise_shares(own=1.0, floor=1.0, participants=3, max_colluders=3)
+
+
+def test_dropouts_size_the_shares_for_the_honest_participants_left() -> None:
+    """With d dropouts the coalition's t and the d missing leave n - t - d honest shares,
+    which still carry the whole need."""
+    shares = noise_shares(own=0.6, floor=0.6, participants=10, max_colluders=4,
+                          max_dropouts=2)
+    assert shares.share == pytest.approx(0.6 / 2)
+    with pytest.raises(ProtocolError, match="max_dropouts = 6 leave no honest"):
+        noise_shares(own=0.6, floor=0.6, participants=10, max_colluders=4, max_dropouts=6)
+
+
+IDS = ("org1", "org2", "org3")
+
+
+@pytest.fixture()
+def masked_sums(pki):  # type: ignore[no-untyped-def]
+    """Three participants' :class:`MaskedSum` with dropout recovery (one may drop), from
+    real signed announcements, and their mask-key shares exchanged."""
+    from participant.masked_sum import MaskedSum
+    from privacy import keyshare
+    from privacy.ckks import CkksParams
+    from proto.fedctx.v1 import fedctx_pb2 as pb
+
+    keys = {p: (keyshare.generate_x25519_keypair(), keyshare.generate_x25519_keypair())
+            for p in IDS}
+    announcements = []
+    for pid, ((_, seal_public), (_, mask_public)) in keys.items():
+        cert, key = pki.participants[pid]
+        sign = dict(federation_id="fed", participant_id=pid, signing_key_pem=key.read_bytes())
+        announcements.append(pb.KeyAnnouncement(
+            participant_id=pid, x25519_public=seal_public, certificate_pem=cert.read_text(),
+            signature=keyshare.sign_key_announcement(x25519_public=seal_public, **sign),
+            mask_x25519_public=mask_public,
+            mask_signature=keyshare.sign_key_announcement(x25519_public=mask_public,
+                                                          purpose="mask", **sign)))
+    sums = {pid: MaskedSum(
+        own_id=pid, x25519_private=keys[pid][0][0], announcements=announcements, roster=IDS,
+        federation_id="fed", ca_certificate_pem=pki.ca_cert.read_bytes(),
+        ckks_params=CkksParams(), seed=i, mask_private=keys[pid][1][0], max_dropouts=1)
+        for i, pid in enumerate(IDS)}
+    deposits = {pid: s.mask_key_shares() for pid, s in sums.items()}
+    for pid, s in sums.items():
+        s.receive_mask_key_shares([pb.SealedShare(owner_id=o, recipient_id=pid, sealed=d.sealed)
+                                   for o, ds in deposits.items() for d in ds
+                                   if d.recipient_id == pid])
+    return sums
+
+
+def _round(sums, round_id, survivors, values):  # type: ignore[no-untyped-def]
+    """Mask every survivor's values; return (the digits' sum, each survivor's sealed shares
+    addressed to each recipient)."""
+    from proto.fedctx.v1 import fedctx_pb2 as pb
+
+    total, inbox = 0, {p: [] for p in survivors}
+    for pid in survivors:
+        masked, sealed = sums[pid].mask(values[pid], round_id=round_id, bound=1.0)
+        total = total + masked
+        for s in sealed:
+            if s.recipient_id in inbox:
+                inbox[s.recipient_id].append(pb.SealedShare(owner_id=pid,
+                                                            recipient_id=s.recipient_id,
+                                                            sealed=s.sealed))
+    return total, inbox
+
+
+def test_a_round_without_one_participant_unmasks_to_the_survivors_sum(masked_sums) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from proto.fedctx.v1 import fedctx_pb2 as pb
+
+    values = {p: np.linspace(-0.3, 0.3, 9) * (i + 1) for i, p in enumerate(IDS)}
+    survivors = ("org1", "org2")
+    total, inbox = _round(masked_sums, "r1", survivors, values)
+    reveals = []
+    for pid in survivors:
+        for r in masked_sums[pid].reveal("r1", contributors=survivors, sealed=inbox[pid]):
+            reveals.append(pb.RevealedShare(revealer_id=pid, owner_id=r.owner_id, kind=r.kind,
+                                            share=r.share))
+    kinds = {(r.owner_id, r.kind) for r in reveals}
+    assert kinds == {("org1", pb.REVEALED_KIND_SELF_MASK), ("org2", pb.REVEALED_KIND_SELF_MASK),
+                     ("org3", pb.REVEALED_KIND_MASK_KEY)}  # never both kinds for one member
+    one = [r for r in reveals if r.revealer_id == "org1"]
+    assert not masked_sums["org1"].ready(one, contributors=survivors)  # threshold 2
+    assert masked_sums["org1"].ready(reveals, contributors=survivors)
+    total_sum = masked_sums["org1"].unmask(total, contributions=2, bound=1.0, round_id="r1",
+                                           contributors=survivors, revealed=reveals)
+    np.testing.assert_allclose(total_sum, values["org1"] + values["org2"], atol=1e-3)
+    assert masked_sums["org1"].active == set(survivors)
+    # the next round masks over the survivors only, and org3 may not come back
+    masked_sums["org2"].unmask(total, contributions=2, bound=1.0, round_id="r1",
+                               contributors=survivors, revealed=reveals)
+    total, inbox = _round(masked_sums, "r2", survivors, values)
+    reveals = [pb.RevealedShare(revealer_id=pid, owner_id=r.owner_id, kind=r.kind,
+                                share=r.share)
+               for pid in survivors
+               for r in masked_sums[pid].reveal("r2", contributors=survivors,
+                                                sealed=inbox[pid])]
+    np.testing.assert_allclose(
+        masked_sums["org2"].unmask(total, contributions=2, bound=1.0, round_id="r2",
+                                   contributors=survivors, revealed=reveals),
+        values["org1"] + values["org2"], atol=1e-3)
+
+
+def test_reveals_are_refused_when_they_would_break_the_guarantee(masked_sums) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    values = {p: np.zeros(4) for p in IDS}
+    _, inbox = _round(masked_sums, "r1", IDS, values)
+    org1 = masked_sums["org1"]
+    with pytest.raises(ProtocolError, match="fewer than the 2"):
+        org1.reveal("r1", contributors=("org1",), sealed=inbox["org1"])
+    with pytest.raises(ProtocolError, match="dropped out"):
+        org1.reveal("r1", contributors=("org2", "org3"), sealed=inbox["org1"])
+    with pytest.raises(ProtocolError, match="out of the mask set"):
+        org1.reveal("r1", contributors=("org1", "org9"), sealed=inbox["org1"])
+    org1.reveal("r1", contributors=IDS, sealed=inbox["org1"])
+    # a coordinator that now calls org3 dropped (to read org3's contribution) is refused
+    with pytest.raises(ProtocolError, match="another contributor set"):
+        org1.reveal("r1", contributors=("org1", "org2"), sealed=inbox["org1"])
+    tampered = [type(s)(owner_id=s.owner_id, recipient_id=s.recipient_id,
+                        sealed=s.sealed[:-1] + bytes([s.sealed[-1] ^ 1])) for s in inbox["org2"]]
+    with pytest.raises(ProtocolError, match="does not open"):
+        masked_sums["org2"].reveal("r1", contributors=IDS, sealed=tampered)
