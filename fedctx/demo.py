@@ -234,9 +234,13 @@ def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -
     """The demo's summary table."""
     first = next(iter(reports.values()))
     scores = first["scores"]
+    dropped = sorted({p for r in reports.values() for p in r.get("dropped_participants", [])
+                      if p not in reports})
+    size = len(reports) + len(dropped)  # the federation's, the dropped included
     print("", file=out)
     print(f"task {first['task']}: {scores['zero_shot']['n']} class-balanced test queries, "
-          f"{len(reports)} participants, vector source {first['vector_source']}", file=out)
+          f"{size} participants" + (f" ({len(dropped)} dropped out)" if dropped else "")
+          + f", vector source {first['vector_source']}", file=out)
     print(f"{'method':<34}{'accuracy':>10}{'macro-F1':>10}", file=out)
     vector = "federated vector" if first["vector_source"] == "private" else \
         f"{first['vector_source']} vector"
@@ -253,13 +257,12 @@ def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -
           f"{first['noise_multiplier']:.3f} (Opacus RDP)", file=out)
     if first.get("max_colluders", -1) >= 0:
         print(f"distributed DP: masked rounds, the budget holds while at most "
-              f"{first['max_colluders']} of {len(reports)} participants collude with the "
+              f"{first['max_colluders']} of {size} participants collude with the "
               f"coordinator; each added {first['noise_share']:.3f} (epsilon "
               f"{max(r['epsilon_if_more_collude'] for r in reports.values()):.3g} if more "
               f"collude); the fixed point adds {first['delta_discretization']:.1e} to delta",
               file=out)
     if first.get("max_dropouts", 0):
-        dropped = sorted({p for r in reports.values() for p in r["dropped_participants"]})
         print(f"dropout recovery: up to {first['max_dropouts']} may drop out (each share "
               f"sized for that); dropped: {', '.join(dropped) or 'none'}", file=out)
     print(f"{'participant':<14}{'records':>9}{'demos':>7}{'epsilon spent':>15}{'bytes sent':>14}",

@@ -67,3 +67,5 @@ def test_the_table_states_the_distributed_guarantee() -> None:
     out = io.StringIO()
     print_table({"org1": dropped, "org2": dropped}, elapsed_s=1.0, out=out)
     assert "up to 1 may drop out (each share sized for that); dropped: org3" in out.getvalue()
+    assert "3 participants (1 dropped out)" in out.getvalue()
+    assert "at most 1 of 3 participants collude" in out.getvalue()
