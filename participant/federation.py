@@ -487,8 +487,15 @@ class Participant:
             seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"),
             mask_private=self._x25519("mask")[0] if dropouts else None, max_dropouts=dropouts)
         if dropouts:  # each mask key's Shamir shares, before anything is masked with it
-            self.client.deposit_mask_shares(pb.DepositMaskSharesRequest(
-                federation_id=cfg.federation_id, shares=self.masked_sum.mask_key_shares()))
+            # kept (sealed to their recipients) so that a restart re-sends the same ones
+            path = self.state_dir / "keys" / f"{cfg.federation_id}.mask-deposit"
+            if path.exists():
+                deposit = pb.DepositMaskSharesRequest.FromString(path.read_bytes())
+            else:
+                deposit = pb.DepositMaskSharesRequest(
+                    federation_id=cfg.federation_id, shares=self.masked_sum.mask_key_shares())
+                _write_private(path, deposit.SerializeToString())
+            self.client.deposit_mask_shares(deposit)
             deposits = _poll("every participant's mask-key shares",
                              lambda: self._deposited(len(roster) - 1),
                              timeout_s=federation.round_timeout_s)
@@ -625,9 +632,15 @@ class Participant:
         if set(found.retired) != set(masked_sum.roster) - masked_sum.active:
             raise ProtocolError(f"the coordinator's dropped participants {list(found.retired)} "
                                 f"are not this participant's for round {round_id!r}")
-        reveals = masked_sum.reveal(round_id, contributors=contributors, sealed=found.sealed)
-        self.client.reveal_mask_shares(pb.RevealMaskSharesRequest(round_id=round_id,
-                                                                  shares=reveals))
+        if masked_sum.holds_seed_share(round_id):
+            reveals = masked_sum.reveal(round_id, contributors=contributors,
+                                        sealed=found.sealed)
+            self.client.reveal_mask_shares(pb.RevealMaskSharesRequest(round_id=round_id,
+                                                                      shares=reveals))
+        else:  # restarted after contributing: the others' reveals must do
+            logger.warning("[Participant] round %s: contributed before a restart, so this "
+                           "participant's self-mask share is gone; reading the others' "
+                           "reveals", round_id)
 
         def revealed() -> list[pb.RevealedShare]:
             shares = list(self.client.mask_shares(round_id).revealed)

@@ -219,6 +219,12 @@ class MaskedSum:
         self.clamped += clamped
         return masked, sealed
 
+    def holds_seed_share(self, round_id: str) -> bool:
+        """Whether this participant masked ``round_id`` in this process (and so holds its
+        own self-mask share: a restart between contributing and revealing loses it, and
+        it can then only read the others' reveals)."""
+        return round_id in self._own_seed_shares
+
     def reveal(self, round_id: str, *, contributors: Sequence[str],
                sealed: Sequence[pb.SealedShare]) -> list[pb.RevealedShare]:
         """This survivor's reveals for a closed round: its share of every contributor's
@@ -306,7 +312,8 @@ class MaskedSum:
             return unmask_sum(decrypted, bound=bound, participants=self.participants,
                               bits=self.bits, limbs=self.limbs)
         survivors = frozenset(contributors)
-        if len(survivors) != contributions or self._revealed.get(round_id) != survivors:
+        if len(survivors) != contributions or \
+                self._revealed.get(round_id, survivors) != survivors:
             raise ProtocolError(f"round {round_id!r}'s aggregate does not sum the "
                                 "contributors this participant revealed for")
         seeds = {w: self._reconstruct(revealed, owner=w, kind=pb.REVEALED_KIND_SELF_MASK,

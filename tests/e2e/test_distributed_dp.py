@@ -268,6 +268,14 @@ def test_a_participant_that_drops_out_is_recovered_from_the_survivors_shares(
                                  round_id="calib-public-4")
     with pytest.raises(NotAllowedError, match="may not contribute again"):
         server.aggregator.check_header("org3", header)
+    # a restarted participant re-sends the deposit it kept: the same shares, accepted
+    from ceremony import client_for
+
+    from proto.fedctx.v1 import fedctx_pb2 as pb
+
+    kept = (tmp_path / "org1" / "keys" / "fed-test.mask-deposit").read_bytes()
+    with client_for(pki, "org1", server.port) as org1:
+        org1.deposit_mask_shares(pb.DepositMaskSharesRequest.FromString(kept))
 
 
 def _stored_header(server, round_id):  # type: ignore[no-untyped-def]

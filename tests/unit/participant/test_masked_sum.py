@@ -170,3 +170,25 @@ def test_reveals_are_refused_when_they_would_break_the_guarantee(masked_sums) ->
                         sealed=s.sealed[:-1] + bytes([s.sealed[-1] ^ 1])) for s in inbox["org2"]]
     with pytest.raises(ProtocolError, match="does not open"):
         masked_sums["org2"].reveal("r1", contributors=IDS, sealed=tampered)
+
+
+def test_a_participant_restarted_after_contributing_reads_the_others_reveals(masked_sums) -> None:  # type: ignore[no-untyped-def]
+    """org3 contributed, then restarted and lost its own self-mask share: it cannot reveal,
+    but the other two survivors' reveals (the threshold) unmask the round for it."""
+    import numpy as np
+
+    from proto.fedctx.v1 import fedctx_pb2 as pb
+
+    values = {p: np.full(5, 0.1 * (i + 1)) for i, p in enumerate(IDS)}
+    total, inbox = _round(masked_sums, "r1", IDS, values)
+    masked_sums["org3"]._own_seed_shares.clear()  # what a restart loses
+    assert not masked_sums["org3"].holds_seed_share("r1")
+    reveals = [pb.RevealedShare(revealer_id=pid, owner_id=r.owner_id, kind=r.kind,
+                                share=r.share)
+               for pid in ("org1", "org2")
+               for r in masked_sums[pid].reveal("r1", contributors=IDS, sealed=inbox[pid])]
+    assert masked_sums["org3"].ready(reveals, contributors=IDS)
+    np.testing.assert_allclose(
+        masked_sums["org3"].unmask(total, contributions=3, bound=1.0, round_id="r1",
+                                   contributors=IDS, revealed=reveals),
+        sum(values.values()), atol=1e-3)
