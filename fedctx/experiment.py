@@ -42,23 +42,32 @@ UPDATE_WEIGHTINGS = ("uniform", "precision")
 CALIBRATION_OPTIMIZERS = ("local_adamw", "global_adam")
 #: ``local``: each participant's noise carries its whole budget (fedctx's threat model).
 #: ``central_simulated``: an analysis arm, see ``ExperimentConfig.noise_models``.
-#: ``distributed:<t>``: pairwise-masked rounds tolerating ``t`` colluders (deployable).
-NOISE_MODELS = ("local", "central_simulated", "distributed:<t>")
+#: ``distributed:<t>``: pairwise-masked rounds tolerating ``t`` colluders (deployable);
+#: ``distributed:<t>:<d>`` also tolerates ``d`` dropouts (shares sized for ``n - t - d``).
+NOISE_MODELS = ("local", "central_simulated", "distributed:<t>", "distributed:<t>:<d>")
 
 
-def distributed_colluders(noise_model: str) -> int | None:
-    """``t`` of a ``distributed:<t>`` noise model, ``None`` for another model.
+def distributed_bounds(noise_model: str) -> tuple[int, int] | None:
+    """``(t, d)`` of a ``distributed:<t>[:<d>]`` noise model (``d`` 0 when absent),
+    ``None`` for another model.
 
     Raises:
-        ConfigError: ``distributed:`` followed by anything but an int >= 0.
+        ConfigError: ``distributed:`` followed by anything but one or two ints >= 0.
     """
     if not noise_model.startswith("distributed:"):
         return None
-    text = noise_model.removeprefix("distributed:")
-    if not text.isdigit():
+    parts = noise_model.removeprefix("distributed:").split(":")
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
         raise ConfigError(f"noise model {noise_model!r}: 'distributed:' takes the number of "
-                          "colluding participants tolerated, an int >= 0")
-    return int(text)
+                          "colluding participants tolerated and, after another ':', of "
+                          "dropouts, ints >= 0")
+    return int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
+
+
+def distributed_colluders(noise_model: str) -> int | None:
+    """``t`` of a ``distributed:<t>[:<d>]`` noise model, ``None`` for another model."""
+    bounds = distributed_bounds(noise_model)
+    return None if bounds is None else bounds[0]
 #: ``participant.calibration.CLIP_SCALES``, restated for the same reason.
 CLIP_SCALES = ("none", "residual", "residual_capped")
 #: ``participant.calibration.LABEL_BIASES``, restated for the same reason.
@@ -215,14 +224,14 @@ class ExperimentConfig:
         if not self.label_biases or not set(self.label_biases) <= set(LABEL_BIASES):
             raise ConfigError(f"label_biases must be a non-empty list of {LABEL_BIASES}, "
                               f"got {list(self.label_biases)}")
-        colluders = [distributed_colluders(m) for m in self.noise_models]
+        bounds = [distributed_bounds(m) for m in self.noise_models]
         if not self.noise_models or any(
-                m not in NOISE_MODELS and t is None
-                for m, t in zip(self.noise_models, colluders, strict=True)):
+                m not in NOISE_MODELS and b is None
+                for m, b in zip(self.noise_models, bounds, strict=True)):
             raise ConfigError(f"noise_models must be a non-empty list of {NOISE_MODELS}, "
                               f"got {list(self.noise_models)}")
-        if any(t is not None and t >= min(self.participants) for t in colluders):
-            raise ConfigError("a 'distributed:<t>' noise model needs t below every "
+        if any(b is not None and sum(b) >= min(self.participants) for b in bounds):
+            raise ConfigError("a 'distributed:<t>[:<d>]' noise model needs t + d below every "
                               f"participant count {list(self.participants)}")
         if set(self.noise_models) != {"local"} and (
                 self.steps_per_round != 1 or "global_adam" not in self.calibration_optimizers):
@@ -428,8 +437,9 @@ def describe(spec: RunSpec) -> str:
         if spec.noise_model == "central_simulated":
             extras.append("central noise, simulated")
         elif spec.noise_model != "local":
-            extras.append(f"distributed noise, up to "
-                          f"{distributed_colluders(spec.noise_model)} colluding")
+            colluders, dropouts = distributed_bounds(spec.noise_model)  # type: ignore[misc]
+            extras.append(f"distributed noise, up to {colluders} colluding"
+                          + (f" and {dropouts} dropping out" if dropouts else ""))
         if spec.label_bias != "none":
             extras.append(f"{spec.label_bias} label bias")
         what = f"fedctx {spec.vector_source} ({', '.join(extras)})"
@@ -808,10 +818,12 @@ class Harness:
         return replace(config, privacy=replace(config.privacy, target_epsilon=local))
 
     def _distributed_noise(self, spec: RunSpec, config):  # type: ignore[no-untyped-def]
-        """``config`` under distributed DP (``distributed:<t>``): masked rounds tolerating
-        ``t`` colluders (``PrivacySettings.max_colluders``)."""
+        """``config`` under distributed DP (``distributed:<t>[:<d>]``): masked rounds
+        tolerating ``t`` colluders and ``d`` dropouts (``PrivacySettings.max_colluders``,
+        ``max_dropouts``; nobody drops out here, the shares are sized as if)."""
+        colluders, dropouts = distributed_bounds(spec.noise_model)  # type: ignore[misc]
         return replace(config, privacy=replace(
-            config.privacy, max_colluders=distributed_colluders(spec.noise_model)))
+            config.privacy, max_colluders=colluders, max_dropouts=dropouts))
 
     def _federated(self, spec: RunSpec) -> dict[str, object]:
         from participant.config import ParticipantConfig, PrivacySettings

@@ -360,7 +360,7 @@ def test_an_unknown_baseline_is_refused_when_the_config_is_read() -> None:
 def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``distributed:<t>`` adds a deployable masked-rounds cell per DP global-Adam cell,
     keyed apart from the others; a bad or too large ``t`` is refused."""
-    from fedctx.experiment import Harness, distributed_colluders
+    from fedctx.experiment import Harness, distributed_bounds, distributed_colluders
     from privacy.errors import ConfigError
 
     base = ExperimentConfig(name="x", tasks=("sst2",), epsilons=(math.inf, 8.0),
@@ -376,7 +376,10 @@ def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  
     (cell,) = [r for r in runs if r.noise_model == "distributed:4"]
     assert describe(cell).endswith("global adam, distributed noise, up to 4 colluding)")
     assert distributed_colluders("local") is None and distributed_colluders("distributed:4") == 4
-    for bad in ("distributed:x", "distributed:-1", "distributed:10"):
+    assert distributed_bounds("distributed:4:1") == (4, 1)
+    assert distributed_bounds("distributed:4") == (4, 0) and distributed_bounds("local") is None
+    for bad in ("distributed:x", "distributed:-1", "distributed:10", "distributed:4:6",
+                "distributed:4:1:1", "distributed:4:"):
         with pytest.raises(ConfigError):
             dataclasses.replace(base, noise_models=(bad,))
     with pytest.raises(ConfigError, match="steps_per_round = 1"):
@@ -385,4 +388,9 @@ def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  
     harness = Harness(grid, tmp_path)
     participant = _global_adam_participant(tmp_path)
     privacy = harness._distributed_noise(cell, participant).privacy
-    assert (privacy.max_colluders, privacy.target_epsilon) == (4, 8.0)
+    assert (privacy.max_colluders, privacy.max_dropouts, privacy.target_epsilon) == (4, 0, 8.0)
+    dropouts = dataclasses.replace(grid, noise_models=("distributed:4:1",))
+    (cell,) = [r for r in plan_runs(dropouts) if r.epsilon == 8.0]
+    assert describe(cell).endswith("up to 4 colluding and 1 dropping out)")
+    privacy = Harness(dropouts, tmp_path)._distributed_noise(cell, participant).privacy
+    assert (privacy.max_colluders, privacy.max_dropouts) == (4, 1)
