@@ -201,7 +201,6 @@ def test_a_participant_that_drops_out_is_recovered_from_the_survivors_shares(
     soon as both are in (org3 is out of the mask set), and the noise was sized for the
     one honest participant left (n - t - d = 1)."""
     import dataclasses
-    import threading
 
     from participant.federation import Participant
 
@@ -225,22 +224,8 @@ def test_a_participant_that_drops_out_is_recovered_from_the_survivors_shares(
         c, privacy=dataclasses.replace(c.privacy, max_dropouts=1),
         calibration=dataclasses.replace(c.calibration, rounds=3, label_bias="none"))
         for c in _configs(server, pki, tmp_path, tiny_llama_dir, shared_data)]
-    reports, errors = {}, []
-
-    def run(config):  # type: ignore[no-untyped-def]
-        participant = Participant(config)
-        try:
-            reports[config.participant_id] = participant.run()
-        except Exception as exc:  # noqa: BLE001 - org3's drop, checked below
-            errors.append((config.participant_id, exc))
-        finally:
-            participant.close()
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in configs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=280)
+    errors: list[tuple[str, BaseException]] = []
+    reports = _run_all(configs, failures=errors)
     assert [(pid, str(exc)) for pid, exc in errors] == [("org3", "org3 drops out")]
     assert set(reports) == {"org1", "org2"}
 

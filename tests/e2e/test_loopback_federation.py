@@ -31,7 +31,9 @@ def _participant_config(pid, port, pki, tmp_path, tiny_llama_dir, shared_data, *
     )
 
 
-def _run_all(configs, compute_slot=None):  # type: ignore[no-untyped-def]
+def _run_all(configs, compute_slot=None, *, failures=None):  # type: ignore[no-untyped-def]
+    """Every participant in its own thread; their reports. The first error is raised,
+    unless ``failures`` (a list) collects ``(participant id, error)`` pairs instead."""
     from participant.federation import Participant
 
     reports, errors = {}, []
@@ -42,6 +44,8 @@ def _run_all(configs, compute_slot=None):  # type: ignore[no-untyped-def]
             reports[config.participant_id] = participant.run()
         except BaseException as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
+            if failures is not None:
+                failures.append((config.participant_id, exc))
         finally:
             participant.close()
 
@@ -50,7 +54,7 @@ def _run_all(configs, compute_slot=None):  # type: ignore[no-untyped-def]
         t.start()
     for t in threads:
         t.join(timeout=240)
-    if errors:
+    if errors and failures is None:
         raise errors[0]
     return reports
 
