@@ -14,8 +14,9 @@ For each federation size ``n`` (``d = max(1, n // 10)`` dropouts allowed, thresh
   survivors' self-masks and the missing participants' pair masks with every survivor);
 
 and the bytes it adds: the sealed shares in the contribution's header, the reveals a
-survivor uploads, and the reveals it downloads (protobuf-encoded, measured). The
-once-per-federation deposit of the mask key's shares costs what one round's header does.
+survivor uploads, and the reveals it downloads (protobuf-encoded, measured). Not timed:
+the once-per-federation deposit of the R mask keys' shares (R masked rounds), n - 1 sealed
+blobs of 66 R + 28 bytes, and one X25519 exchange per peer and round for the pair keys.
 """
 
 from __future__ import annotations

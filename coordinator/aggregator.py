@@ -17,7 +17,7 @@ import tenseal
 
 from privacy import ckks, keyshare, payload
 from privacy.errors import CkksParameterMismatchError, CryptoError, KeyShareError
-from privacy.mask_recovery import MASK_KEY_ROUND, SEALED_SHARE_BYTES
+from privacy.mask_recovery import MASK_KEY_ROUND, SEALED_SHARE_BYTES, sealed_bytes
 from privacy.shamir import SHARE_BYTES
 
 from .config import CoordinatorConfig
@@ -407,15 +407,14 @@ class Aggregator:
 
     @staticmethod
     def _check_sealed(shares: tuple[tuple[str, bytes], ...], *, expected: set[str],
-                      what: str) -> None:
+                      what: str, size: int = SEALED_SHARE_BYTES) -> None:
         recipients = [r for r, _ in shares]
         if len(set(recipients)) != len(recipients) or set(recipients) != expected:
             raise InvalidContributionError(
                 f"{what} must go to exactly {sorted(expected)}, one each; got "
                 f"{sorted(recipients)}")
-        if any(len(sealed) != SEALED_SHARE_BYTES for _, sealed in shares):
-            raise InvalidContributionError(
-                f"{what} must be {SEALED_SHARE_BYTES}-byte sealed shares")
+        if any(len(sealed) != size for _, sealed in shares):
+            raise InvalidContributionError(f"{what} must be {size}-byte sealed shares")
 
     def submit(self, peer_id: str, header: Header, data: bytes) -> Receipt:
         """Validate and durably accept one contribution (idempotent per digest)."""
@@ -620,15 +619,18 @@ class Aggregator:
     # -- dropout recovery ---------------------------------------------------------------
     def deposit_mask_shares(self, peer_id: str, *, federation_id: str,
                             shares: tuple[tuple[str, bytes], ...]) -> None:
-        """Store the Shamir shares of ``peer_id``'s mask private key, one sealed to each
-        other roster member (once per federation; an identical retry is accepted)."""
+        """Store the Shamir shares of ``peer_id``'s mask private keys (one per masked
+        round), each roster member's sealed together to it (once per federation; an
+        identical retry is accepted)."""
         self._require_member(peer_id)
         if federation_id != self.config.federation_id:
             raise BindingMismatchError(f"federation {federation_id!r} is not served here")
-        if not self.store.query("SELECT 1 FROM mask_keys WHERE participant_id = ?", (peer_id,)):
-            raise NotReadyError("announce a mask key before depositing its shares")
+        announced = self.store.query(
+            "SELECT length(x25519_public) FROM mask_keys WHERE participant_id = ?", (peer_id,))
+        if not announced:
+            raise NotReadyError("announce the mask keys before depositing their shares")
         self._check_sealed(shares, expected=set(self.config.roster) - {peer_id},
-                           what="mask-key shares")
+                           what="mask-key shares", size=sealed_bytes(int(announced[0][0]) // 32))
         with self._lock, self.store.transaction() as db:
             stored = db.execute(
                 "SELECT recipient_id, sealed FROM mask_shares WHERE round_id = ? AND owner_id = ?",

@@ -40,6 +40,7 @@ from privacy.errors import BudgetExhaustedError
 from privacy.label_bias import SENSITIVITY as LABEL_STATISTICS_SENSITIVITY
 from privacy.label_bias import balanced_bias, release_class_statistics, summed_noise_std
 from privacy.ledger import PrivacyLedger
+from privacy.mask_recovery import public_of
 from privacy.masking import HEADROOM_STDS, fixed_point_limbs
 from proto.fedctx.v1 import fedctx_pb2 as pb
 
@@ -298,12 +299,33 @@ class Participant:
         return epsilon_for_history(history, delta=privacy.delta, accountant=privacy.accountant)
 
     # -- keys ---------------------------------------------------------------------------
-    def _x25519(self, purpose: str = "seal") -> tuple[bytes, bytes]:
-        """``(private, public)``: this federation's X25519 key pair for ``purpose``
-        (``seal``: the key the CKKS context is sealed to; ``mask``: dropout recovery's mask
-        key), created on first use and kept in the state folder."""
-        suffix = {"seal": "x25519", "mask": "mask-x25519"}[purpose]
-        path = self.state_dir / "keys" / f"{self.config.federation_id}.{suffix}"
+    def _mask_keys(self) -> tuple[bytes, bytes]:
+        """Dropout recovery's X25519 mask key pairs, one per masked round
+        (:meth:`_masked_rounds`), as ``(private keys, public keys)`` concatenated; created
+        on first use and kept in the state folder."""
+        count = len(self._masked_rounds())
+        path = self.state_dir / "keys" / f"{self.config.federation_id}.mask-x25519"
+        if not path.exists():
+            _write_private(path, b"".join(keyshare.generate_x25519_keypair()[0]
+                                          for _ in range(count)))
+        private = path.read_bytes()
+        if len(private) != 32 * count:
+            raise ProtocolError(f"{path} holds {len(private) // 32} mask keys, this protocol "
+                                f"masks {count} rounds: a different plan in one federation")
+        return private, b"".join(public_of(private[i:i + 32]) for i in range(0, count * 32, 32))
+
+    def _masked_rounds(self) -> list[str]:
+        """The ids of the rounds distributed DP masks, in order: every calibration round
+        and, with the label bias, its class statistics (the vector round is never masked:
+        distributed DP needs the public vector)."""
+        cfg = self.config
+        rounds = [f"calib-{cfg.vector_source}-{r}" for r in range(1, cfg.calibration.rounds + 1)]
+        if cfg.calibration.label_bias == "balanced":
+            rounds.append(f"label-bias-{cfg.vector_source}")
+        return rounds
+
+    def _x25519(self) -> tuple[bytes, bytes]:
+        path = self.state_dir / "keys" / f"{self.config.federation_id}.x25519"
         if path.exists():
             private = path.read_bytes()
             public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
@@ -372,7 +394,7 @@ class Participant:
             certificate_pem=cfg.tls_cert.read_text(),
         )
         if cfg.privacy.max_dropouts:
-            _, request.mask_x25519_public = self._x25519("mask")
+            _, request.mask_x25519_public = self._mask_keys()
             request.mask_signature = keyshare.sign_key_announcement(
                 federation_id=cfg.federation_id, participant_id=cfg.participant_id,
                 x25519_public=request.mask_x25519_public, signing_key_pem=self.signing_key,
@@ -485,7 +507,8 @@ class Participant:
             roster=roster, federation_id=cfg.federation_id,
             ca_certificate_pem=cfg.tls_ca.read_bytes(), ckks_params=cfg.ckks,
             seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"),
-            mask_private=self._x25519("mask")[0] if dropouts else None, max_dropouts=dropouts)
+            mask_private=self._mask_keys()[0] if dropouts else None,
+            mask_rounds=self._masked_rounds() if dropouts else (), max_dropouts=dropouts)
         if dropouts:  # each mask key's Shamir shares, before anything is masked with it
             # kept (sealed to their recipients) so that a restart re-sends the same ones
             path = self.state_dir / "keys" / f"{cfg.federation_id}.mask-deposit"

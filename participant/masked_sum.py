@@ -82,8 +82,10 @@ class MaskedSum:
         ckks_params: the federation's CKKS parameters (they bound the modulus).
         seed: seeds the stochastic rounding (from ``os.urandom`` in a deployment: a share
             alone is not private, so its rounding is part of the mechanism).
-        mask_private: dropout recovery only: its raw mask private key (the mask key it
-            announced); the pair masks come from the mask keys.
+        mask_private: dropout recovery only: its raw mask private keys, one per masked
+            round, concatenated (the mask keys it announced); round ``mask_rounds[i]``'s
+            pair masks come from the ``i``-th keys.
+        mask_rounds: dropout recovery only: the protocol's masked round ids, in order.
         max_dropouts: how many participants may drop out over the federation (0: every
             one must contribute to every round; no recovery).
     """
@@ -91,9 +93,13 @@ class MaskedSum:
     def __init__(self, *, own_id: str, x25519_private: bytes,
                  announcements: Sequence[pb.KeyAnnouncement], roster: Sequence[str],
                  federation_id: str, ca_certificate_pem: bytes, ckks_params: CkksParams,
-                 seed: int, mask_private: bytes | None = None, max_dropouts: int = 0) -> None:
-        if max_dropouts and mask_private is None:
-            raise ProtocolError("dropout recovery needs this participant's mask key")
+                 seed: int, mask_private: bytes | None = None,
+                 mask_rounds: Sequence[str] = (), max_dropouts: int = 0) -> None:
+        rounds = len(mask_rounds)
+        if max_dropouts and (mask_private is None or not rounds
+                             or len(mask_private) != 32 * rounds):
+            raise ProtocolError("dropout recovery needs this participant's mask keys, one "
+                                "per masked round")
         peers, mask_peers = {}, {}
         for a in announcements:
             if a.participant_id == own_id or a.participant_id not in roster:
@@ -108,7 +114,11 @@ class MaskedSum:
                 keyshare.verify_key_announcement(x25519_public=a.mask_x25519_public,
                                                  signature=a.mask_signature, purpose="mask",
                                                  **verify)
-                mask_peers[a.participant_id] = a.mask_x25519_public
+                if len(a.mask_x25519_public) != 32 * rounds:
+                    raise ProtocolError(f"{a.participant_id!r} announced "
+                                        f"{len(a.mask_x25519_public) // 32} mask keys for "
+                                        f"{rounds} masked rounds")
+                mask_peers[a.participant_id] = _split32(a.mask_x25519_public)
         missing = set(roster) - set(peers) - {own_id}
         if missing:
             raise ProtocolError(f"no key announcement from {sorted(missing)}: their masks "
@@ -121,9 +131,11 @@ class MaskedSum:
         self.bits = modulus_bits(participants=self.participants, params=ckks_params)
         #: digits base 2^bits per value (``privacy.masking.fixed_point_limbs``; public)
         self.limbs = 1
-        self._keys = pair_keys(own_id=own_id, own_x25519_private=mask_private or x25519_private,
-                               peers=mask_peers if max_dropouts else peers,
-                               federation_id=federation_id)
+        # without recovery the pair masks come from the sealing keys (with it, per round
+        # from that round's mask keys: :meth:`_pair_keys`)
+        self._keys = {} if max_dropouts else pair_keys(
+            own_id=own_id, own_x25519_private=x25519_private, peers=peers,
+            federation_id=federation_id)
         self._rng = np.random.default_rng(seed)
         #: values clamped to the bound so far (a count, never the values)
         self.clamped = 0
@@ -137,11 +149,13 @@ class MaskedSum:
         self._share_keys = pair_keys(own_id=own_id, own_x25519_private=x25519_private,
                                      peers=peers, federation_id=federation_id,
                                      purpose=mask_recovery.SHARE_SEAL_PURPOSE)
-        self._mask_private = mask_private
+        self._mask_rounds = {r: i for i, r in enumerate(mask_rounds)}
+        self._mask_private = _split32(mask_private) if max_dropouts else []
         self._mask_publics = dict(mask_peers)
-        if mask_private is not None:
-            self._mask_publics[own_id] = mask_recovery.public_of(mask_private)
-        self._key_shares: dict[str, bytes] = {}
+        if max_dropouts:
+            self._mask_publics[own_id] = [mask_recovery.public_of(k)
+                                          for k in self._mask_private]
+        self._key_shares: dict[str, list[bytes]] = {}
         self._own_seed_shares: dict[str, bytes] = {}
         self._revealed: dict[str, frozenset[str]] = {}
 
@@ -150,16 +164,17 @@ class MaskedSum:
         """Whether rounds carry self-masks and may close without everyone."""
         return self.max_dropouts > 0
 
-    # -- dropout recovery: the mask key's shares ---------------------------------------
+    # -- dropout recovery: the mask keys' shares --------------------------------------
     def mask_key_shares(self) -> list[pb.SealedShare]:
-        """Shamir shares of this participant's mask private key, one sealed to each other
-        roster member (deposited once, before the first masked round)."""
-        assert self._mask_private is not None
-        shares = shamir.split(self._mask_private, threshold=self.threshold,
-                              shares=self.participants)
+        """Shamir shares of this participant's mask private keys: each other roster
+        member's share of every round's key, sealed together to it (deposited once, before
+        the first masked round)."""
+        split = [shamir.split(key, threshold=self.threshold, shares=self.participants)
+                 for key in self._mask_private]
         return [pb.SealedShare(recipient_id=pid, sealed=self._seal(
-            shares[self._index[pid]], round_id=mask_recovery.MASK_KEY_ROUND,
-            owner_id=self.own_id, recipient_id=pid)) for pid in self.roster if pid != self.own_id]
+            b"".join(shares[self._index[pid]] for shares in split),
+            round_id=mask_recovery.MASK_KEY_ROUND, owner_id=self.own_id, recipient_id=pid))
+            for pid in self.roster if pid != self.own_id]
 
     def receive_mask_key_shares(self, sealed: Sequence[pb.SealedShare]) -> None:
         """Open the other participants' mask-key shares sealed to this one.
@@ -167,26 +182,47 @@ class MaskedSum:
         Raises:
             ProtocolError: one is missing or does not open.
         """
-        opened = {s.owner_id: self._open(s, round_id=mask_recovery.MASK_KEY_ROUND)
-                  for s in sealed if s.owner_id in self.active}
+        width = shamir.SHARE_BYTES
+        opened = {}
+        for s in sealed:
+            if s.owner_id in self.active:
+                blob = self._open(s, round_id=mask_recovery.MASK_KEY_ROUND,
+                                  shares=len(self._mask_rounds))
+                opened[s.owner_id] = [blob[i:i + width] for i in range(0, len(blob), width)]
         missing = self.active - set(opened) - {self.own_id}
         if missing:
             raise ProtocolError(f"no mask-key share from {sorted(missing)}")
         self._key_shares = opened
+
+    def _round_index(self, round_id: str) -> int:
+        if round_id not in self._mask_rounds:
+            raise ProtocolError(f"round {round_id!r} is not one of the protocol's masked "
+                                "rounds: it has no mask keys")
+        return self._mask_rounds[round_id]
+
+    def _pair_keys(self, round_id: str) -> dict[str, bytes]:
+        """This participant's pair keys with the mask set's other members for a round."""
+        peers = self.active - {self.own_id}
+        if not self.recovers:
+            return {pid: key for pid, key in self._keys.items() if pid in peers}
+        i = self._round_index(round_id)
+        return pair_keys(own_id=self.own_id, own_x25519_private=self._mask_private[i],
+                         peers={pid: self._mask_publics[pid][i] for pid in peers},
+                         federation_id=self.federation_id)
 
     def _seal(self, share: bytes, *, round_id: str, owner_id: str, recipient_id: str) -> bytes:
         return mask_recovery.seal_share(
             self._share_keys[recipient_id], share, federation_id=self.federation_id,
             round_id=round_id, owner_id=owner_id, recipient_id=recipient_id)
 
-    def _open(self, sealed: pb.SealedShare, *, round_id: str) -> bytes:
+    def _open(self, sealed: pb.SealedShare, *, round_id: str, shares: int = 1) -> bytes:
         if sealed.owner_id not in self._share_keys:
             raise ProtocolError(f"a share from {sealed.owner_id!r}, who is not a peer")
         try:
             return mask_recovery.open_share(
                 self._share_keys[sealed.owner_id], sealed.sealed,
                 federation_id=self.federation_id, round_id=round_id,
-                owner_id=sealed.owner_id, recipient_id=self.own_id)
+                owner_id=sealed.owner_id, recipient_id=self.own_id, shares=shares)
         except FedCtxError as exc:
             raise ProtocolError(str(exc)) from exc
 
@@ -200,8 +236,7 @@ class MaskedSum:
             raise ProtocolError(f"{self.own_id!r} dropped out of the mask set: its mask key "
                                 "was revealed, so it may not contribute again")
         total_bits = self.bits * self.limbs
-        keys = {pid: key for pid, key in self._keys.items() if pid in self.active}
-        mask = combined_mask(keys, own_id=self.own_id, round_id=round_id,
+        mask = combined_mask(self._pair_keys(round_id), own_id=self.own_id, round_id=round_id,
                              length=values.size, bits=total_bits)
         sealed: list[pb.SealedShare] = []
         if self.recovers:
@@ -263,8 +298,9 @@ class MaskedSum:
         kind = pb.REVEALED_KIND_SELF_MASK
         reveals = [pb.RevealedShare(owner_id=w, kind=kind, share=opened[w])
                    for w in sorted(survivors)]
+        i = self._round_index(round_id)
         reveals += [pb.RevealedShare(owner_id=u, kind=pb.REVEALED_KIND_MASK_KEY,
-                                     share=self._key_shares[u])
+                                     share=self._key_shares[u][i])
                     for u in sorted(self.active - survivors)]
         return reveals
 
@@ -318,11 +354,12 @@ class MaskedSum:
                                 "contributors this participant revealed for")
         seeds = {w: self._reconstruct(revealed, owner=w, kind=pb.REVEALED_KIND_SELF_MASK,
                                       survivors=survivors) for w in sorted(survivors)}
+        i = self._round_index(round_id)
         dropped = {}
         for u in sorted(self.active - survivors):
             key = self._reconstruct(revealed, owner=u, kind=pb.REVEALED_KIND_MASK_KEY,
                                     survivors=survivors)
-            if not mask_recovery.mask_private_key_matches(key, self._mask_publics[u]):
+            if not mask_recovery.mask_private_key_matches(key, self._mask_publics[u][i]):
                 raise ProtocolError(f"the revealed mask key of {u!r} is not the one it "
                                     "announced")
             dropped[u] = key
@@ -330,9 +367,15 @@ class MaskedSum:
         correction = mask_recovery.correction(
             federation_id=self.federation_id, round_id=round_id,
             length=decrypted.size // self.limbs, bits=total_bits, survivor_seeds=seeds,
-            dropped_keys=dropped, mask_publics=self._mask_publics)
+            dropped_keys=dropped, mask_publics={w: self._mask_publics[w][i] for w in seeds})
         total = unmask_sum(decrypted, bound=bound, participants=self.participants,
                            bits=self.bits, limbs=self.limbs, correction=correction)
         self.active = set(survivors)
         self._own_seed_shares.pop(round_id, None)
         return total
+
+
+def _split32(keys: bytes | None) -> list[bytes]:
+    """Concatenated 32-byte X25519 keys as a list."""
+    keys = keys or b""
+    return [keys[i:i + 32] for i in range(0, len(keys), 32)]

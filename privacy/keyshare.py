@@ -67,6 +67,7 @@ _X25519_KEY_BYTES: Final = 32
 _NONCE_BYTES: Final = 12
 _TAG_BYTES: Final = 16
 _MAX_FIELD_BYTES: Final = 1024
+_MAX_MASK_KEYS: Final = 4096
 _MAX_SIGNATURE_BYTES: Final = 1024
 #: Upper bound on a sealed secret (a serialised secret context is ~190 kB at
 #: N=4096 and grows to a few MB at N=32768).
@@ -110,8 +111,9 @@ def sign_key_announcement(
         x25519_public: 32-byte raw X25519 public key.
         signing_key_pem: PEM private key of the participant's TLS client
             certificate (EC P-256 or Ed25519, unencrypted).
-        purpose: ``"seal"`` (the key sealed secrets are sent to) or ``"mask"`` (the mask
-            key of dropout recovery); each has its own tag in the signed message.
+        purpose: ``"seal"`` (the key sealed secrets are sent to) or ``"mask"`` (dropout
+            recovery's mask keys, one per masked round: ``x25519_public`` is then their
+            concatenation, up to 4096 keys); each has its own tag in the signed message.
 
     Returns:
         The signature (DER ECDSA or raw Ed25519).
@@ -446,7 +448,12 @@ def _announcement_message(federation_id: str, participant_id: str, x25519_public
     if purpose not in _ANNOUNCE_TAGS:
         raise KeyShareError(f"purpose must be one of {sorted(_ANNOUNCE_TAGS)}")
     public = _as_bytes(x25519_public, "x25519_public")
-    _load_x25519_public(public)
+    if purpose == "mask" and public and len(public) % _X25519_KEY_BYTES == 0 \
+            and len(public) <= _MAX_MASK_KEYS * _X25519_KEY_BYTES:
+        for offset in range(0, len(public), _X25519_KEY_BYTES):
+            _load_x25519_public(public[offset:offset + _X25519_KEY_BYTES])
+    else:
+        _load_x25519_public(public)
     return _lp(
         _ANNOUNCE_TAGS[purpose],
         _encode_id(federation_id, "federation_id"),

@@ -3,11 +3,14 @@
 :mod:`privacy.masking` alone needs every participant of the mask set in every round: a
 missing contribution leaves its pair masks in the sum. With recovery, a participant
 
-* holds a separate *mask key pair* (X25519): the pair masks come from it, not from the key
-  that seals the CKKS context, because a dropped participant's mask private key is
-  reconstructed and made public;
-* before the first masked round, splits that private key into Shamir shares
-  (:mod:`privacy.shamir`), one per roster member, each sealed to its recipient;
+* holds a separate *mask key pair* (X25519) for every masked round of the protocol: the
+  pair masks of round ``i`` come from the ``i``-th, not from the key that seals the CKKS
+  context, because a dropped participant's mask private key for the round it dropped in
+  is reconstructed and made public. One key for every round would be unsafe: every
+  earlier round's self-mask seed was revealed to unmask that round, so the revealed key
+  would open all of the participant's earlier contributions;
+* before the first masked round, splits each private key into Shamir shares
+  (:mod:`privacy.shamir`), and seals every roster member's shares of all of them to it;
 * in every round adds a *self-mask*, a fresh 32-byte seed expanded like a pair mask, and
   sends Shamir shares of the seed, sealed per recipient, with its contribution.
 
@@ -48,6 +51,11 @@ _AAD_TAG = b"fedctx/mask-share/aad/v1"
 _NONCE_BYTES = 12
 #: Bytes of a sealed share: nonce, share, Poly1305 tag.
 SEALED_SHARE_BYTES = _NONCE_BYTES + shamir.SHARE_BYTES + 16
+
+
+def sealed_bytes(shares: int) -> int:
+    """Bytes of ``shares`` shares sealed together (:func:`seal_share`)."""
+    return SEALED_SHARE_BYTES + (shares - 1) * shamir.SHARE_BYTES
 #: The round id of the mask private key's shares (they belong to no round).
 MASK_KEY_ROUND = ""
 SEED_BYTES = 32
@@ -60,9 +68,10 @@ def share_indices(roster: Sequence[str]) -> dict[str, int]:
 
 def seal_share(key: bytes, share: bytes, *, federation_id: str, round_id: str,
                owner_id: str, recipient_id: str) -> bytes:
-    """``share`` encrypted for ``recipient_id`` under their pair's sealing ``key``
-    (``pair_keys(..., purpose=SHARE_SEAL_PURPOSE)``), bound to the federation, the round
-    (:data:`MASK_KEY_ROUND` for the mask key) and the owner."""
+    """``share`` (one or more concatenated shares) encrypted for ``recipient_id`` under
+    their pair's sealing ``key`` (``pair_keys(..., purpose=SHARE_SEAL_PURPOSE)``), bound
+    to the federation, the round (:data:`MASK_KEY_ROUND` for the mask keys) and the
+    owner."""
     nonce = os.urandom(_NONCE_BYTES)
     aad = _lp(_AAD_TAG, federation_id.encode(), round_id.encode(), owner_id.encode(),
               recipient_id.encode())
@@ -70,16 +79,16 @@ def seal_share(key: bytes, share: bytes, *, federation_id: str, round_id: str,
 
 
 def open_share(key: bytes, sealed: bytes, *, federation_id: str, round_id: str,
-               owner_id: str, recipient_id: str) -> bytes:
-    """The share in ``sealed`` (:func:`seal_share`).
+               owner_id: str, recipient_id: str, shares: int = 1) -> bytes:
+    """The ``shares`` concatenated shares in ``sealed`` (:func:`seal_share`).
 
     Raises:
-        MaskingError: the blob is not a share sealed for this recipient, owner and round
-            (tampered, replayed from another round, or foreign).
+        MaskingError: the blob is not that many shares sealed for this recipient, owner
+            and round (tampered, replayed from another round, or foreign).
     """
-    if len(sealed) != SEALED_SHARE_BYTES:
+    if len(sealed) != sealed_bytes(shares):
         raise MaskingError(f"a sealed share from {owner_id!r} has {len(sealed)} bytes, not "
-                           f"{SEALED_SHARE_BYTES}")
+                           f"{sealed_bytes(shares)}")
     aad = _lp(_AAD_TAG, federation_id.encode(), round_id.encode(), owner_id.encode(),
               recipient_id.encode())
     try:
@@ -123,8 +132,10 @@ def correction(*, federation_id: str, round_id: str, length: int, bits: int,
 
     Args:
         survivor_seeds: each survivor's reconstructed self-mask seed.
-        dropped_keys: each dropped participant's reconstructed mask private key.
-        mask_publics: every participant's announced mask public key (verified).
+        dropped_keys: each dropped participant's reconstructed mask private key for this
+            round.
+        mask_publics: every survivor's announced mask public key for this round
+            (verified).
     """
     modulus = np.uint64(1 << bits)
     total = np.zeros(length, dtype=np.uint64)

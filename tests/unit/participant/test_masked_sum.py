@@ -70,10 +70,12 @@ def masked_sums(pki):  # type: ignore[no-untyped-def]
     from privacy.ckks import CkksParams
     from proto.fedctx.v1 import fedctx_pb2 as pb
 
-    keys = {p: (keyshare.generate_x25519_keypair(), keyshare.generate_x25519_keypair())
-            for p in IDS}
+    rounds = ("r1", "r2")
+    keys = {p: (keyshare.generate_x25519_keypair(),
+                [keyshare.generate_x25519_keypair() for _ in rounds]) for p in IDS}
     announcements = []
-    for pid, ((_, seal_public), (_, mask_public)) in keys.items():
+    for pid, ((_, seal_public), masks) in keys.items():
+        mask_public = b"".join(public for _, public in masks)
         cert, key = pki.participants[pid]
         sign = dict(federation_id="fed", participant_id=pid, signing_key_pem=key.read_bytes())
         announcements.append(pb.KeyAnnouncement(
@@ -85,7 +87,8 @@ def masked_sums(pki):  # type: ignore[no-untyped-def]
     sums = {pid: MaskedSum(
         own_id=pid, x25519_private=keys[pid][0][0], announcements=announcements, roster=IDS,
         federation_id="fed", ca_certificate_pem=pki.ca_cert.read_bytes(),
-        ckks_params=CkksParams(), seed=i, mask_private=keys[pid][1][0], max_dropouts=1)
+        ckks_params=CkksParams(), seed=i, max_dropouts=1, mask_rounds=rounds,
+        mask_private=b"".join(private for private, _ in keys[pid][1]))
         for i, pid in enumerate(IDS)}
     deposits = {pid: s.mask_key_shares() for pid, s in sums.items()}
     for pid, s in sums.items():
@@ -192,3 +195,49 @@ def test_a_participant_restarted_after_contributing_reads_the_others_reveals(mas
         masked_sums["org3"].unmask(total, contributions=3, bound=1.0, round_id="r1",
                                    contributors=IDS, revealed=reveals),
         sum(values.values()), atol=1e-3)
+
+
+def test_a_dropout_reveals_only_that_rounds_mask_key(masked_sums) -> None:  # type: ignore[no-untyped-def]
+    """org3 contributes to r1 (every survivor's self-mask seed is revealed to unmask r1),
+    then drops out of r2, whose reveals give its r2 mask key. With one mask key for every
+    round, that key and the r1 seed would open org3's r1 contribution; with a key per
+    round, r1's pair masks stay unknown and it reads as noise. org3's r1 key (a control,
+    never revealed) opens it."""
+    import numpy as np
+
+    from privacy import mask_recovery, shamir
+    from privacy.masking import combined_mask, pair_keys, unmask_sum
+    from proto.fedctx.v1 import fedctx_pb2 as pb
+
+    values = {p: np.full(6, 0.2) for p in IDS}
+    sent = {}
+    inbox: dict[str, list[pb.SealedShare]] = {p: [] for p in IDS}
+    for pid in IDS:
+        sent[pid], sealed = masked_sums[pid].mask(values[pid], round_id="r1", bound=1.0)
+        for share in sealed:
+            inbox[share.recipient_id].append(pb.SealedShare(
+                owner_id=pid, recipient_id=share.recipient_id, sealed=share.sealed))
+    reveals = [pb.RevealedShare(revealer_id=pid, owner_id=r.owner_id, kind=r.kind, share=r.share)
+               for pid in ("org1", "org2")
+               for r in masked_sums[pid].reveal("r1", contributors=IDS, sealed=inbox[pid])]
+    org1 = masked_sums["org1"]
+    seed_r1 = org1._reconstruct(reveals, owner="org3", kind=pb.REVEALED_KIND_SELF_MASK,
+                                survivors=frozenset(IDS))  # public once r1 is unmasked
+    key_r2 = shamir.combine(  # org1's and org2's shares of org3's r2 key: r2's reveals
+        {org1._index[pid]: masked_sums[pid]._key_shares["org3"][1] for pid in ("org1", "org2")},
+        threshold=2, secret_bytes=32)
+    assert mask_recovery.mask_private_key_matches(key_r2, org1._mask_publics["org3"][1])
+    bits = org1.bits * org1.limbs
+
+    def read_r1(key: bytes) -> np.ndarray:
+        peers = {p: org1._mask_publics[p][0] for p in ("org1", "org2")}
+        pairs = pair_keys(own_id="org3", own_x25519_private=key, peers=peers,
+                          federation_id="fed")
+        net = combined_mask(pairs, own_id="org3", round_id="r1", length=6, bits=bits)
+        own = mask_recovery.self_mask(seed_r1, round_id="r1", length=6, bits=bits)
+        return unmask_sum(sent["org3"], bound=1.0, participants=3, bits=org1.bits,
+                          limbs=org1.limbs, correction=(net + own) % np.uint64(1 << bits))
+
+    assert np.abs(read_r1(key_r2) - values["org3"]).max() > 0.05
+    np.testing.assert_allclose(read_r1(masked_sums["org3"]._mask_private[0]), values["org3"],
+                               atol=1e-3)
