@@ -71,6 +71,7 @@ class MaskShares:
     sealed: list[tuple[str, bytes]]  # (owner, sealed share) for the caller
     revealed: list[tuple[str, str, str, bytes]]  # (revealer, owner, kind, share)
     retired: list[str]
+    revealers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,28 +656,32 @@ class Aggregator:
             raise NotReadyError(f"round {round_id!r} is still open")
         return row
 
-    def mask_shares(self, peer_id: str, round_id: str) -> MaskShares:
+    def mask_shares(self, peer_id: str, round_id: str, *,
+                    omit_revealed: bool = False) -> MaskShares:
         """The shares sealed to ``peer_id`` (the mask-key deposits for ``round_id`` ``""``;
-        else the closed round's self-mask shares from its contributors) and every share
-        revealed for the round."""
+        else the closed round's self-mask shares from its contributors), every share
+        revealed for the round (none with ``omit_revealed``) and how many revealed."""
         self._require_member(peer_id)
         if round_id == MASK_KEY_ROUND:
             rows = self.store.query(
                 "SELECT owner_id, sealed FROM mask_shares WHERE round_id = ? AND recipient_id = ? "
                 "ORDER BY owner_id", (MASK_KEY_ROUND, peer_id))
-            return MaskShares([], [(str(o), bytes(b)) for o, b in rows], [], [])  # type: ignore[arg-type]
+            return MaskShares([], [(str(o), bytes(b)) for o, b in rows], [], [], 0)  # type: ignore[arg-type]
         self._closed_round(round_id)
         contributors = sorted(p for p, _ in self.store.contributions(round_id))
         sealed = self.store.query(
             "SELECT owner_id, sealed FROM mask_shares WHERE round_id = ? AND recipient_id = ? "
             "ORDER BY owner_id", (round_id, peer_id))
-        revealed = self.store.query(
+        revealed = [] if omit_revealed else self.store.query(
             "SELECT revealer_id, owner_id, kind, share FROM revealed_shares WHERE round_id = ? "
             "ORDER BY revealer_id, owner_id", (round_id,))
+        revealers = self.store.query(
+            "SELECT count(DISTINCT revealer_id) FROM revealed_shares WHERE round_id = ?",
+            (round_id,))[0][0]
         return MaskShares(
             contributors, [(str(o), bytes(b)) for o, b in sealed],  # type: ignore[arg-type]
             [(str(a), str(o), str(k), bytes(b)) for a, o, k, b in revealed],  # type: ignore[arg-type]
-            sorted(self._retired_before(round_id)))
+            sorted(self._retired_before(round_id)), int(revealers))  # type: ignore[call-overload]
 
     def reveal_mask_shares(self, peer_id: str, round_id: str,
                            shares: tuple[tuple[str, str, bytes], ...]) -> int:

@@ -246,14 +246,15 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def GetMaskShares(self, request: pb.GetMaskSharesRequest, context: grpc.ServicerContext) -> pb.GetMaskSharesResponse:  # noqa: N802,E501
         peer, _ = peer_identity(context)
         found = self._run("GetMaskShares", context,
-                          lambda: self.aggregator.mask_shares(peer, request.round_id))
+                          lambda: self.aggregator.mask_shares(
+                              peer, request.round_id, omit_revealed=request.omit_revealed))
         return pb.GetMaskSharesResponse(
             contributors=found.contributors,
             sealed=[pb.SealedShare(owner_id=o, recipient_id=peer, sealed=b)
                     for o, b in found.sealed],
             revealed=[pb.RevealedShare(revealer_id=r, owner_id=o, kind=_REVEALED[k], share=b)
                       for r, o, k, b in found.revealed],
-            retired=found.retired,
+            retired=found.retired, revealers=found.revealers,
         )
 
     def RevealMaskShares(self, request: pb.RevealMaskSharesRequest, context: grpc.ServicerContext) -> pb.RevealMaskSharesResponse:  # noqa: N802,E501

@@ -153,11 +153,14 @@ class CoordinatorClient:
         self._call("DepositMaskShares", lambda: self.stub.DepositMaskShares(
             request, timeout=self.timeout_s))
 
-    def mask_shares(self, round_id: str) -> pb.GetMaskSharesResponse:
+    def mask_shares(self, round_id: str, *,
+                    omit_revealed: bool = False) -> pb.GetMaskSharesResponse:
         """Shares sealed to this participant (``round_id`` ``""``: the mask-key deposits)
-        and a closed round's revealed shares (FAILED_PRECONDITION while it is open)."""
+        and a closed round's revealed shares, or only their count (FAILED_PRECONDITION
+        while it is open)."""
         response = self._call("GetMaskShares", lambda: self.stub.GetMaskShares(
-            pb.GetMaskSharesRequest(round_id=round_id), timeout=self.timeout_s))
+            pb.GetMaskSharesRequest(round_id=round_id, omit_revealed=omit_revealed),
+            timeout=self.timeout_s))
         self.bytes_received += response.ByteSize()
         return response
 

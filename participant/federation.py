@@ -666,6 +666,11 @@ class Participant:
                            "reveals", round_id)
 
         def revealed() -> list[pb.RevealedShare]:
+            # poll the count (revealers are contributors: the coordinator checks), then
+            # read the reveals once
+            if self.client.mask_shares(round_id, omit_revealed=True).revealers \
+                    < masked_sum.threshold:
+                raise _NotYet
             shares = list(self.client.mask_shares(round_id).revealed)
             if not masked_sum.ready(shares, contributors=contributors):
                 raise _NotYet

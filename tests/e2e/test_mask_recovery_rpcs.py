@@ -119,6 +119,8 @@ def test_recovery_rpcs_refuse_bad_input_and_keep_what_was_accepted(
     assert reveal(org3, right) == 2
     assert {(r.revealer_id, r.owner_id) for r in org2.mask_shares("r1").revealed} == {
         (a, o) for a in ("org1", "org3") for o in ROSTER}
+    counted = org2.mask_shares("r1", omit_revealed=True)
+    assert (counted.revealers, list(counted.revealed)) == (2, [])  # a cheap poll
 
     # org2's mask key is revealed: it is out of later rounds, which close without it
     header.round_id = plain.round_id = "r2"

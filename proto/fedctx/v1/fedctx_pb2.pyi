@@ -280,22 +280,26 @@ class RevealedShare(_message.Message):
     def __init__(self, revealer_id: _Optional[str] = ..., owner_id: _Optional[str] = ..., kind: _Optional[_Union[RevealedKind, str]] = ..., share: _Optional[bytes] = ...) -> None: ...
 
 class GetMaskSharesRequest(_message.Message):
-    __slots__ = ("round_id",)
+    __slots__ = ("round_id", "omit_revealed")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    OMIT_REVEALED_FIELD_NUMBER: _ClassVar[int]
     round_id: str
-    def __init__(self, round_id: _Optional[str] = ...) -> None: ...
+    omit_revealed: bool
+    def __init__(self, round_id: _Optional[str] = ..., omit_revealed: _Optional[bool] = ...) -> None: ...
 
 class GetMaskSharesResponse(_message.Message):
-    __slots__ = ("contributors", "sealed", "revealed", "retired")
+    __slots__ = ("contributors", "sealed", "revealed", "retired", "revealers")
     CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
     REVEALED_FIELD_NUMBER: _ClassVar[int]
     RETIRED_FIELD_NUMBER: _ClassVar[int]
+    REVEALERS_FIELD_NUMBER: _ClassVar[int]
     contributors: _containers.RepeatedScalarFieldContainer[str]
     sealed: _containers.RepeatedCompositeFieldContainer[SealedShare]
     revealed: _containers.RepeatedCompositeFieldContainer[RevealedShare]
     retired: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, contributors: _Optional[_Iterable[str]] = ..., sealed: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ..., revealed: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., retired: _Optional[_Iterable[str]] = ...) -> None: ...
+    revealers: int
+    def __init__(self, contributors: _Optional[_Iterable[str]] = ..., sealed: _Optional[_Iterable[_Union[SealedShare, _Mapping]]] = ..., revealed: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., retired: _Optional[_Iterable[str]] = ..., revealers: _Optional[int] = ...) -> None: ...
 
 class RevealMaskSharesRequest(_message.Message):
     __slots__ = ("round_id", "shares")
