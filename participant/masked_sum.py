@@ -1,8 +1,8 @@
 """The participant's side of pairwise-masked rounds (distributed DP, :mod:`privacy.masking`).
 
 Mask keys come from signed X25519 announcements: without dropout recovery, the same key
-that seals the CKKS key; with it (``max_dropouts > 0``, :mod:`privacy.mask_recovery`), a
-separate mask key announced beside it. Every announcement is verified against the
+that seals the CKKS key; with it (``max_dropouts > 0``, :mod:`privacy.mask_recovery`),
+separate mask keys, one per masked round, announced beside it. Every announcement is verified against the
 federation CA before its key is used, so the relaying coordinator cannot substitute a key
 of its own and strip an honest participant's masks.
 """
