@@ -2,9 +2,9 @@
 
 Mask keys come from signed X25519 announcements: without dropout recovery, the same key
 that seals the CKKS key; with it (``max_dropouts > 0``, :mod:`privacy.mask_recovery`),
-separate mask keys, one per masked round, announced beside it. Every announcement is verified against the
-federation CA before its key is used, so the relaying coordinator cannot substitute a key
-of its own and strip an honest participant's masks.
+separate mask keys, one per masked round, announced beside it. Every announcement is
+verified against the federation CA before its key is used, so the relaying coordinator
+cannot substitute a key of its own and strip an honest participant's masks.
 """
 
 from __future__ import annotations
