@@ -509,6 +509,12 @@ class Participant:
             seed=seed if seed >= 0 else int.from_bytes(os.urandom(8), "little"),
             mask_private=self._mask_keys()[0] if dropouts else None,
             mask_rounds=self._masked_rounds() if dropouts else (), max_dropouts=dropouts)
+        if dropouts and len(roster) - cfg.privacy.max_colluders <= 2 * dropouts:
+            logger.warning(
+                "[Participant] dropout recovery with n - t <= 2d (%d - %d <= 2 x %d): a "
+                "coordinator that named different survivor sets to different participants "
+                "could collect both secrets of one (docs/privacy.md, 'Dropouts')",
+                len(roster), cfg.privacy.max_colluders, dropouts)
         if dropouts:  # each mask key's Shamir shares, before anything is masked with it
             # kept (sealed to their recipients) so that a restart re-sends the same ones
             path = self.state_dir / "keys" / f"{cfg.federation_id}.mask-deposit"
