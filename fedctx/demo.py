@@ -210,6 +210,7 @@ def _wait(processes: dict[str, subprocess.Popen[bytes]], options: DemoOptions, *
     deadline = time.monotonic() + options.timeout_s
     try:
         while any(p.poll() is None for p in processes.values()):
+            _raise_on_failure(processes, dropped, logs)  # at once: the others would hang
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the federation did not finish in {options.timeout_s:.0f} s")
             if watcher is not None and not dropped and any(
@@ -224,10 +225,16 @@ def _wait(processes: dict[str, subprocess.Popen[bytes]], options: DemoOptions, *
     finally:
         if watcher is not None:
             watcher.close()
-    for pid, process in processes.items():
-        if pid not in dropped and process.returncode != 0:
-            raise RuntimeError(f"participant {pid} failed; see {logs / (pid + '.log')}")
+    _raise_on_failure(processes, dropped, logs)
     return dropped
+
+
+def _raise_on_failure(processes: dict[str, subprocess.Popen[bytes]], dropped: set[str],
+                      logs: Path) -> None:
+    """Raise if a participant other than the dropped ones exited with an error."""
+    for pid, process in processes.items():
+        if pid not in dropped and process.poll() not in (None, 0):
+            raise RuntimeError(f"participant {pid} failed; see {logs / (pid + '.log')}")
 
 
 def print_table(reports: dict[str, dict], *, elapsed_s: float, out=sys.stdout) -> None:  # type: ignore[no-untyped-def,type-arg]

@@ -69,3 +69,21 @@ def test_the_table_states_the_distributed_guarantee() -> None:
     assert "up to 1 may drop out (each share sized for that); dropped: org3" in out.getvalue()
     assert "3 participants (1 dropped out)" in out.getvalue()
     assert "at most 1 of 3 participants collude" in out.getvalue()
+
+
+def test_the_demo_stops_at_the_first_failed_participant_but_not_a_dropped_one() -> None:
+    from pathlib import Path
+
+    from fedctx.demo import _raise_on_failure
+
+    class Process:
+        def __init__(self, code):  # type: ignore[no-untyped-def]
+            self.code = code
+
+        def poll(self):  # type: ignore[no-untyped-def]
+            return self.code
+
+    running, killed = {"org1": Process(None), "org2": Process(0)}, {"org3": Process(-9)}
+    _raise_on_failure({**running, **killed}, {"org3"}, Path("logs"))  # still running: fine
+    with pytest.raises(RuntimeError, match="participant org3 failed"):
+        _raise_on_failure({**running, **killed}, set(), Path("logs"))
