@@ -80,10 +80,13 @@ def _toml(tables: dict[str, dict[str, object]]) -> str:
 
 
 def participant_tables(options: DemoOptions) -> dict[str, dict[str, object]]:
-    """Every participant's ``[participant.privacy]`` and ``[participant.calibration]``
-    tables. Under distributed DP every DP-SGD step is its own masked round (the
-    noise shares sum only across one step's releases), so the demo runs the same number
-    of steps, one per round, under the optimiser that allows it."""
+    """Every participant's vector settings (``participant``: to merge into its own table),
+    ``[participant.privacy]`` and ``[participant.calibration]`` tables. Under distributed
+    DP every DP-SGD step is its own masked round (the noise shares sum only across one
+    step's releases), so the demo runs the same number of steps, one per round, under
+    the optimiser that allows it, and a private vector is released as a record-weighted
+    sum."""
+    vector: dict[str, object] = {"vector_source": options.vector_source}
     privacy: dict[str, object] = {"target_epsilon": options.target_epsilon,
                                   "delta": options.delta}
     calibration: dict[str, object] = {"rounds": options.rounds,
@@ -95,7 +98,9 @@ def participant_tables(options: DemoOptions) -> dict[str, dict[str, object]]:
             privacy["max_dropouts"] = options.max_dropouts
         calibration.update(rounds=options.rounds * options.steps_per_round,
                            steps_per_round=1, optimizer="global_adam")
-    return {"participant.privacy": privacy, "participant.calibration": calibration}
+        vector["vector_weighting"] = "records"
+    return {"participant": vector, "participant.privacy": privacy,
+            "participant.calibration": calibration}
 
 
 def _prepare_model(model: str) -> None:
@@ -148,6 +153,7 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
         for index, pid in enumerate(ids):
             cert, key = pki.participants[pid]
             config = work / f"{pid}.toml"
+            tables = participant_tables(options)
             config.write_text(_toml({
                 "participant": {
                     "participant_id": pid, "coordinator": f"127.0.0.1:{port}",
@@ -157,13 +163,13 @@ def run_demo(options: DemoOptions, *, out=sys.stdout) -> dict[str, object]:  # t
                     "data_dir": options.data_dir,
                     "partition_index": index, "num_partitions": options.participants,
                     "dirichlet_alpha": options.dirichlet_alpha,
-                    "vector_source": options.vector_source,
+                    **tables.pop("participant"),
                     "demonstrations_per_class": options.demonstrations_per_class,
                     "max_calibration_records": options.max_calibration_records,
                     "evaluate": index == 0, "test_per_class": options.test_per_class,
                     "seed": index, "results_file": str(work / f"{pid}.json"),
                 },
-                **participant_tables(options),
+                **tables,
             }))
             processes[pid] = subprocess.Popen(
                 [sys.executable, "-m", "fedctx.cli", "participant", "--config", str(config)],

@@ -820,9 +820,12 @@ class Harness:
     def _distributed_noise(self, spec: RunSpec, config):  # type: ignore[no-untyped-def]
         """``config`` under distributed DP (``distributed:<t>[:<d>]``): masked rounds
         tolerating ``t`` colluders and ``d`` dropouts (``PrivacySettings.max_colluders``,
-        ``max_dropouts``; nobody drops out here, the shares are sized as if)."""
+        ``max_dropouts``; nobody drops out here, the shares are sized as if). A private
+        vector is released as a record-weighted sum (``vector_weighting = "records"``),
+        the only form distributed DP takes."""
         colluders, dropouts = distributed_bounds(spec.noise_model)  # type: ignore[misc]
-        return replace(config, privacy=replace(
+        weighting = "records" if spec.vector_source == "private" else config.vector_weighting
+        return replace(config, vector_weighting=weighting, privacy=replace(
             config.privacy, max_colluders=colluders, max_dropouts=dropouts))
 
     def _federated(self, spec: RunSpec) -> dict[str, object]:

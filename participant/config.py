@@ -71,8 +71,9 @@ class PrivacySettings:
             participant has only its own share (the report's ``epsilon_if_more_collude``).
             Needs ``optimizer = "global_adam"`` with ``steps_per_round = 1`` and uniform
             update weighting (a round's release must be a sum of Gaussian mechanisms), a
-            fixed clip, no private vector release, and every participant in every round
-            unless ``max_dropouts`` allows fewer.
+            fixed clip, ``vector_weighting = "records"`` for a private vector (its release is
+            then a sum of clipped records, weighted like the calibration's updates), and
+            every participant in every round unless ``max_dropouts`` allows fewer.
         max_dropouts: distributed DP only. 0 (default): every participant must contribute
             to every masked round. ``d >= 1``: up to ``d`` participants may drop out over
             the whole federation (Bonawitz-style recovery, :mod:`privacy.mask_recovery`):
@@ -264,8 +265,9 @@ def _check_distributed(config: ParticipantConfig) -> None:
         problems.append("update_weighting must be 'uniform' (weights differ per participant)")
     if cal.clip_quantile:
         problems.append("clip_quantile must be 0 (an adaptive clip differs per participant)")
-    if config.vector_source == "private":
-        problems.append("vector_source 'private' is not supported (its per-participant "
-                        "normalisation makes the shares unequal); use 'public'")
+    if config.vector_source == "private" and config.vector_weighting != "records":
+        problems.append("vector_source 'private' needs vector_weighting = 'records' (each "
+                        "participant then releases a sum with the same noise share; the "
+                        "uniform mean of means would weigh the shares unequally)")
     if problems:
         raise ConfigError("distributed DP (max_colluders >= 0): " + "; ".join(problems))

@@ -121,19 +121,33 @@ def private_deviation_mean(
         ``[2, L, d]`` float64 mean deviation (add ``reference.vector`` to get the vector).
     """
     n, two, layers, width = activations.shape
+    whitened_sum = private_whitened_sum(activations, reference, clip_norm=clip_norm,
+                                        noise_multiplier=noise_multiplier, generator=generator)
+    scales = reference.block_scales.double()
+    return (whitened_sum * scales[:, None] / n).reshape(two, layers, width)
+
+
+def private_whitened_sum(
+    activations: torch.Tensor, reference: PublicReference, *, clip_norm: float | None,
+    noise_multiplier: float, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The noisy sum inside :func:`private_deviation_mean`, still whitened and not divided:
+    ``[2L, d]`` float64, the sum over records of ``(a_j - r) / scale`` clipped to
+    ``clip_norm`` (L2 sensitivity ``clip_norm``, add/remove one record) plus Gaussian
+    noise of std ``noise_multiplier * clip_norm``. Distributed DP releases this sum (a
+    share of the noise, every participant's with the same std) instead of the mean."""
+    n, two, layers, width = activations.shape
     records = activations.reshape(n, two * layers, width)
     centre = reference.vector.reshape(two * layers, width)
     scales = reference.block_scales.double()
     if clip_norm is None:
         if noise_multiplier != 0:
             raise ValueError("noise without clipping has no defined sensitivity")
-        whitened_sum = ((records.double() - centre.double()) / scales[None, :, None]).sum(dim=0)
-    else:
-        whitened_sum = clipped_sum_whitened(
-            records, block_scales=scales, clip_norm=clip_norm, centre=centre)
-        std = gaussian_std(noise_multiplier=noise_multiplier, sensitivity=clip_norm)
-        whitened_sum = add_gaussian_noise(whitened_sum, std=std, generator=generator)
-    return (whitened_sum * scales[:, None] / n).reshape(two, layers, width)
+        return ((records.double() - centre.double()) / scales[None, :, None]).sum(dim=0)
+    whitened_sum = clipped_sum_whitened(
+        records, block_scales=scales, clip_norm=clip_norm, centre=centre)
+    std = gaussian_std(noise_multiplier=noise_multiplier, sensitivity=clip_norm)
+    return add_gaussian_noise(whitened_sum, std=std, generator=generator)
 
 
 def aggregate_noise_variance(*, noise_multiplier: float, clip_norm: float,

@@ -54,10 +54,12 @@ from .calibration import (
 from .client import CoordinatorClient, TlsFiles, is_not_ready
 from .config import ParticipantConfig
 from .context_vectors import (
+    PublicReference,
     aggregate_noise_variance,
     default_vector_clip_norm,
     last_token_activations,
     private_deviation_mean,
+    private_whitened_sum,
     public_reference,
     random_vector_like,
 )
@@ -245,6 +247,8 @@ class Participant:
         self.masked_sum: MaskedSum | None = None
         self._update_bound = 0.0  # masked calibration rounds' public value bound
         self._update_weight = 1.0  # this participant's weight in them (NoiseShares.weight)
+        self._vector_bound = 0.0  # a masked private vector round's public value bound
+        self._vector_share_std = 0.0  # and its weighted noise share, in clip units
         self._crypto: CkksWorkers | None = None
         self._crypto_context: object = None
 
@@ -315,11 +319,12 @@ class Participant:
         return private, b"".join(public_of(private[i:i + 32]) for i in range(0, count * 32, 32))
 
     def _masked_rounds(self) -> list[str]:
-        """The ids of the rounds distributed DP masks, in order: every calibration round
-        and, with the label bias, its class statistics (the vector round is never masked:
-        distributed DP needs the public vector)."""
+        """The ids of the rounds distributed DP masks, in order: a private vector's
+        (record-weighted) round, every calibration round and, with the label bias, its
+        class statistics."""
         cfg = self.config
-        rounds = [f"calib-{cfg.vector_source}-{r}" for r in range(1, cfg.calibration.rounds + 1)]
+        rounds = ["vector-weighted"] if cfg.vector_source == "private" else []
+        rounds += [f"calib-{cfg.vector_source}-{r}" for r in range(1, cfg.calibration.rounds + 1)]
         if cfg.calibration.label_bias == "balanced":
             rounds.append(f"label-bias-{cfg.vector_source}")
         return rounds
@@ -353,6 +358,10 @@ class Participant:
                 **({"max_dropouts": cfg.privacy.max_dropouts}
                    if cfg.privacy.max_dropouts else {}),
                 "max_calibration_records": cfg.max_calibration_records,
+                **({"demonstrations_per_class": cfg.demonstrations_per_class,
+                    "vector_clip_mode": cfg.privacy.vector_clip_mode,
+                    "vector_clip_norm": cfg.privacy.vector_clip_norm}
+                   if cfg.vector_source == "private" else {}),
                 "target_epsilon": cfg.privacy.target_epsilon, "delta": cfg.privacy.delta,
                 "accountant": cfg.privacy.accountant, "max_grad_norm": cal.max_grad_norm,
                 "clip_scale": cal.clip_scale}} if cfg.privacy.distributed else {}),
@@ -497,6 +506,13 @@ class Participant:
         self._update_bound = max(1.0, cal.sgd_learning_rate * cal.max_grad_norm
                                  * MAX_SUM_BATCHES + HEADROOM_STDS * weighted_std)
         self._update_weight = shares.weight
+        # A private vector's release, in clip units (the whitened clipped sum over the
+        # clip, so one record moves it by at most 1, times the weight): each value at most
+        # the demonstrations' public cap plus HEADROOM_STDS stds of a weighted share, and
+        # the weighted count (its extra slot) at most the cap.
+        self._vector_share_std = shares.share * shares.weight
+        self._vector_bound = self._max_demonstrations() \
+            + HEADROOM_STDS * self._vector_share_std
         private, _ = self._x25519()
         announcements = _poll(
             "every participant's key announcement",
@@ -534,6 +550,9 @@ class Participant:
         # is public) and the label bias's class statistics.
         releases = [(weighted_std, self._update_bound,
                      cal.rounds * 4 * cal.trained_rows(self.sites.num_layers))]
+        if cfg.vector_source == "private":
+            releases.append((self._vector_share_std, self._vector_bound,
+                             2 * self.sites.num_layers * self.sites.hidden_size))
         if cal.label_bias == "balanced":
             classes = len(self.task.labels)
             statistics_std = cal.label_bias_noise_multiplier / math.sqrt(honest) \
@@ -554,6 +573,14 @@ class Participant:
                     "modulus 2^%d x %d limbs", len(roster), cfg.privacy.max_colluders,
                     self.masked_sum.bits, self.masked_sum.limbs)
         return shares.effective, shares.share, 1 / math.sqrt(honest)
+
+    def _max_demonstrations(self) -> int:
+        """The most demonstrations any participant's vector release sums (public: the
+        protocol plan pins both settings)."""
+        cfg = self.config
+        if cfg.demonstrations_per_class:
+            return cfg.demonstrations_per_class * len(self.task.labels)
+        return cfg.max_calibration_records
 
     def _statistics_bound(self, noise_std: float) -> float:
         """The label bias's public value bound: a count or a sum of probabilities over at
@@ -745,64 +772,9 @@ class Participant:
             reference = public_reference(self.lm, self.sites, task, batch_size=cfg.batch_size)
         shape = reference.vector.shape
         if cfg.vector_source == "private":
-            with self.compute_slot:
-                acts = last_token_activations(
-                    self.lm, self.sites, [task.demonstration(e.text, e.label) for e in demos],
-                    batch_size=cfg.batch_size)
-            timings["vector_forward"] = time.perf_counter() - start
-            raw_mode = cfg.privacy.vector_clip_mode == "raw"
-            center = reference.centred_at_zero() if raw_mode else reference
-            clip = cfg.privacy.vector_clip_norm or (
-                reference.raw_clip_norm if raw_mode else default_vector_clip_norm(2 * shape[1]))
-            private_start = time.perf_counter()
-            deviation = private_deviation_mean(
-                acts, center, clip_norm=clip if cfg.privacy.private else None,
-                noise_multiplier=sigma, generator=cfg.privacy.noise_generator("vector"),
-            ).numpy().ravel()
-            release = f"{cfg.federation_id}/vector"
-            if release not in {e.release_id for e in self.ledger.entries}:
-                self.ledger.reserve(
-                    release_id=release, description="context-vector mean deviation",
-                    noise_multiplier=sigma, sample_rate=1.0, steps=1,
-                    sensitivity=f"whitened L2 {clip:.4g} (add/remove one record)",
-                )
-            self._check_precision(deviation, sigma, clip, reference, len(demos), federation)
-            vector_round = "vector" if cfg.vector_weighting == "uniform" else "vector-weighted"
-            compute_s = time.perf_counter() - start
-            sent, waited_from = self.client.bytes_sent, time.perf_counter()
-            denoise = cfg.privacy.private and cfg.privacy.vector_denoise == "james_stein"
-            if cfg.vector_weighting == "records":
-                # Weighted by demonstration count: sum N_k v_k / sum N_k. The count rides in
-                # one extra encrypted slot (counts are public metadata, see docs/privacy.md).
-                weighted = np.concatenate([deviation * len(demos), [float(len(demos))]])
-                total, count = self.secure_mean(
-                    vector_round, weighted, kind="context_vector", federation=federation,
-                    release_id=release)
-                mean = total[:-1] / total[-1]
-                count_moment = count / (total[-1] * count) ** 2  # n / (sum_k N_k)^2
-            else:  # the paper's unweighted mean over participants
-                # With denoising, 1 / N_k^2 rides in one extra slot (public counts): the
-                # mean of that slot over n participants, divided by n, is sum_k 1/N_k^2 / n^2.
-                payload = (np.concatenate([deviation, [1.0 / len(demos) ** 2]]) if denoise
-                           else deviation)
-                mean, count = self.secure_mean(vector_round, payload, kind="context_vector",
-                                               federation=federation, release_id=release)
-                if denoise:
-                    mean, count_moment = mean[:-1], mean[-1] / count
-            if denoise:
-                blocks = mean.reshape(2 * shape[1], shape[2])
-                variance = aggregate_noise_variance(
-                    noise_multiplier=sigma, clip_norm=clip, block_scales=center.block_scales,
-                    count_moment=count_moment)
-                blocks, factors = james_stein_blocks(blocks, noise_variance=variance)
-                mean = blocks.ravel()
-                report.vector_shrinkage = {"mean": float(factors.mean()),
-                                           "min": float(factors.min()),
-                                           "max": float(factors.max())}
-            vector = center.vector + torch.from_numpy(mean).reshape(shape).float()
-            report.rounds.append(self._round_record(vector_round, count, compute_s=compute_s,
-                                                    sent_before=sent, waited_from=waited_from))
-            timings["vector_private_path"] = time.perf_counter() - private_start
+            vector = self._private_vector(reference, demos, sigma=sigma, added=added,
+                                          federation=federation, report=report,
+                                          timings=timings, start=start)
         elif cfg.vector_source == "public":
             vector = reference.vector
         elif cfg.vector_source == "random":
@@ -890,6 +862,100 @@ class Participant:
                                    label_bias=label_bias)
         self._finish(report, vector, coefficients, timings, label_bias=label_bias)
         return report
+
+    def _private_vector(self, reference: PublicReference, demos: list[Example], *,
+                        sigma: float, added: float, federation: pb.GetFederationResponse,
+                        report: ParticipantReport, timings: dict[str, float],
+                        start: float) -> torch.Tensor:
+        """The vector round of ``vector_source = "private"``: this participant's DP
+        release of its demonstrations' deviation from the public ``reference``, the
+        federation's secure mean of them (optionally James-Stein denoised), and the
+        resulting ``[2, L, d]`` context vector. Under local DP the release is the mean
+        deviation with noise multiplier ``sigma``; under distributed DP the weighted
+        whitened sum with this participant's share ``added``, masked."""
+        cfg, task = self.config, self.task
+        shape = reference.vector.shape
+        with self.compute_slot:
+            acts = last_token_activations(
+                self.lm, self.sites, [task.demonstration(e.text, e.label) for e in demos],
+                batch_size=cfg.batch_size)
+        timings["vector_forward"] = time.perf_counter() - start
+        raw_mode = cfg.privacy.vector_clip_mode == "raw"
+        center = reference.centred_at_zero() if raw_mode else reference
+        clip = cfg.privacy.vector_clip_norm or (
+            reference.raw_clip_norm if raw_mode else default_vector_clip_norm(2 * shape[1]))
+        private_start = time.perf_counter()
+        release = f"{cfg.federation_id}/vector"
+        if release not in {e.release_id for e in self.ledger.entries}:
+            self.ledger.reserve(
+                release_id=release,
+                description=f"context-vector mean deviation{self._share_note()}",
+                noise_multiplier=sigma, sample_rate=1.0, steps=1,
+                sensitivity=f"whitened L2 {clip:.4g} (add/remove one record)",
+            )
+        vector_round = "vector" if cfg.vector_weighting == "uniform" else "vector-weighted"
+        denoise = cfg.privacy.private and cfg.privacy.vector_denoise == "james_stein"
+        if self.masked_sum is not None:
+            # Distributed DP: the weighted whitened sum in clip units with a noise
+            # share, and the weighted record count (public) in one extra slot.
+            whitened = private_whitened_sum(
+                acts, center, clip_norm=clip, noise_multiplier=added,
+                generator=cfg.privacy.noise_generator("vector")).numpy().ravel()
+            weight = self._update_weight
+            payload = np.concatenate([whitened * (weight / clip), [weight * len(demos)]])
+            compute_s = time.perf_counter() - start
+            sent, waited_from = self.client.bytes_sent, time.perf_counter()
+            total, count = self.secure_mean(
+                vector_round, payload, kind="context_vector", federation=federation,
+                release_id=release, mask_bound=self._vector_bound)
+            scales = center.block_scales.double().numpy()[:, None]
+            mean = (clip * total[:-1].reshape(scales.shape[0], -1) * scales
+                    / total[-1]).ravel()  # sum_k w_k S_k / sum_k w_k N_k, un-whitened
+            # every contribution's share has std w * added * clip = share std * clip
+            count_moment = count / (total[-1] * count) ** 2
+            noise_for_denoise = self._vector_share_std
+        else:
+            deviation = private_deviation_mean(
+                acts, center, clip_norm=clip if cfg.privacy.private else None,
+                noise_multiplier=sigma, generator=cfg.privacy.noise_generator("vector"),
+            ).numpy().ravel()
+            self._check_precision(deviation, sigma, clip, reference, len(demos), federation)
+            compute_s = time.perf_counter() - start
+            sent, waited_from = self.client.bytes_sent, time.perf_counter()
+            noise_for_denoise = sigma
+            if cfg.vector_weighting == "records":
+                # Weighted by demonstration count: sum N_k v_k / sum N_k. The count rides in
+                # one extra encrypted slot (counts are public metadata, see docs/privacy.md).
+                weighted = np.concatenate([deviation * len(demos), [float(len(demos))]])
+                total, count = self.secure_mean(
+                    vector_round, weighted, kind="context_vector", federation=federation,
+                    release_id=release)
+                mean = total[:-1] / total[-1]
+                count_moment = count / (total[-1] * count) ** 2  # n / (sum_k N_k)^2
+            else:  # the paper's unweighted mean over participants
+                # With denoising, 1 / N_k^2 rides in one extra slot (public counts): the
+                # mean of that slot over n participants, divided by n, is sum_k 1/N_k^2 / n^2.
+                payload = (np.concatenate([deviation, [1.0 / len(demos) ** 2]]) if denoise
+                           else deviation)
+                mean, count = self.secure_mean(vector_round, payload, kind="context_vector",
+                                               federation=federation, release_id=release)
+                if denoise:
+                    mean, count_moment = mean[:-1], mean[-1] / count
+        if denoise:
+            blocks = mean.reshape(2 * shape[1], shape[2])
+            variance = aggregate_noise_variance(
+                noise_multiplier=noise_for_denoise, clip_norm=clip,
+                block_scales=center.block_scales, count_moment=count_moment)
+            blocks, factors = james_stein_blocks(blocks, noise_variance=variance)
+            mean = blocks.ravel()
+            report.vector_shrinkage = {"mean": float(factors.mean()),
+                                       "min": float(factors.min()),
+                                       "max": float(factors.max())}
+        vector = center.vector + torch.from_numpy(mean).reshape(shape).float()
+        report.rounds.append(self._round_record(vector_round, count, compute_s=compute_s,
+                                                sent_before=sent, waited_from=waited_from))
+        timings["vector_private_path"] = time.perf_counter() - private_start
+        return vector
 
     def _label_bias_round(self, vector: torch.Tensor, coefficients: torch.Tensor, *,
                           sigma: float, share: float, federation: pb.GetFederationResponse,

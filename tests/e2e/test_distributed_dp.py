@@ -3,6 +3,7 @@ and carry each participant's share of the noise."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,17 +19,20 @@ IDS = ("org1", "org2", "org3")
 RECORDS = 16
 
 
-def _configs(server, pki, tmp_path, tiny_llama_dir, shared_data, *, max_colluders=1):  # type: ignore[no-untyped-def]
+def _configs(server, pki, tmp_path, tiny_llama_dir, shared_data, *, max_colluders=1,  # type: ignore[no-untyped-def]
+             vector_source="public", **privacy_extra):
     from participant.calibration import CalibrationConfig
     from participant.config import PrivacySettings
 
     calibration = CalibrationConfig(rounds=2, steps_per_round=1, batch_size=4,
                                     optimizer="global_adam", label_bias="balanced")
-    privacy = PrivacySettings(target_epsilon=4.0, max_colluders=max_colluders)
+    privacy = PrivacySettings(target_epsilon=4.0, max_colluders=max_colluders,
+                              **privacy_extra)
+    weighting = {"vector_weighting": "records"} if vector_source == "private" else {}
     return [_participant_config(pid, server.port, pki, tmp_path, tiny_llama_dir, shared_data,
-                                vector_source="public", calibration=calibration,
+                                vector_source=vector_source, calibration=calibration,
                                 privacy=privacy, max_calibration_records=RECORDS,
-                                num_partitions=3) for pid in IDS]
+                                num_partitions=3, **weighting) for pid in IDS]
 
 
 def _record_means(monkeypatch: pytest.MonkeyPatch, update) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
@@ -107,6 +111,79 @@ def test_masked_rounds_give_the_mean_and_no_single_contribution_reads(
     # digits uniform in [0, 2^b), b >= 12, not an update below 0.02 (a digit below 1: 2^-11)
     assert np.mean(alone > 1.0) > 0.9 and alone.min() > -0.05
     assert np.all(np.abs(alone - np.rint(alone)) < 0.05)
+
+
+@pytest.mark.parametrize("vector_denoise", ["none", "james_stein"])
+def test_a_private_vector_under_distributed_dp_is_the_record_weighted_mean(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch, vector_denoise: str,
+) -> None:
+    """The private vector's masked round: every participant's vector is the federation's
+    noisy whitened sums over its record count (to the fixed point's step), each sum
+    carrying this participant's noise *share* (1 / sqrt(n - t) of the budget's), and the
+    release is in the ledger under the shared noise multiplier."""
+    import participant.federation as federation
+    from privacy.masking import fixed_point_scale
+
+    sums: list[torch.Tensor] = []
+    counts: list[int] = []
+    real_sum = federation.private_whitened_sum
+
+    multipliers: list[float] = []
+
+    def recorded_sum(activations, reference, **kwargs):  # type: ignore[no-untyped-def]
+        sums.append(real_sum(activations, reference, **kwargs))
+        counts.append(activations.shape[0])
+        multipliers.append(kwargs["noise_multiplier"])
+        return sums[-1]
+
+    vectors: dict[str, tuple[torch.Tensor, object, float]] = {}
+    real_vector = federation.Participant._private_vector
+
+    def recorded_vector(self, reference, demos, **kwargs):  # type: ignore[no-untyped-def]
+        vector = real_vector(self, reference, demos, **kwargs)
+        step = 1 / fixed_point_scale(bound=self._vector_bound, participants=len(IDS),
+                                     bits=self.masked_sum.bits * self.masked_sum.limbs)
+        vectors[self.config.participant_id] = (vector, reference, step)
+        return vector
+
+    monkeypatch.setattr(federation, "private_whitened_sum", recorded_sum)
+    monkeypatch.setattr(federation.Participant, "_private_vector", recorded_vector)
+    server = coordinator_factory(roster=IDS)
+    reports = _run_all(_configs(server, pki, tmp_path, tiny_llama_dir, shared_data,
+                                vector_source="private", vector_denoise=vector_denoise))
+
+    assert len(sums) == 3 and set(vectors) == set(IDS)
+    expected_whitened = (sum(sums) / sum(counts)).numpy()  # every weight is 1 here
+    for pid, (vector, reference, step) in vectors.items():
+        scales = reference.block_scales.double().numpy()[:, None]
+        got = ((vector.double() - reference.vector.double()).reshape(scales.shape[0], -1)
+               / scales).numpy()
+        clip = math.sqrt(scales.shape[0])  # the default whitened clip
+        if vector_denoise == "none":
+            # three participants' rounding, a step each, over the record count
+            np.testing.assert_allclose(got, expected_whitened,
+                                       atol=3 * step * clip / sum(counts) + 1e-6, rtol=0)
+        else:  # shrunk towards the reference, block by block, by a factor in [0, 1]
+            assert np.linalg.norm(got) <= np.linalg.norm(expected_whitened) * 1.001
+            report = reports[pid]
+            assert report.vector_shrinkage is not None
+            assert 0 <= report.vector_shrinkage["min"] <= report.vector_shrinkage["max"] <= 1
+    for pid, report in reports.items():
+        assert report.rounds[0]["round"] == "vector-weighted"
+        assert report.rounds[0]["contributions"] == 3
+        assert report.noise_share == pytest.approx(report.noise_multiplier / math.sqrt(2))
+        assert report.epsilon_spent <= 4.0 + 1e-6, pid
+        assert report.masked_values_clamped == 0
+    # each sum carried a share of the noise, not the whole budget's
+    assert multipliers == pytest.approx([reports["org1"].noise_share] * 3)
+    ledger = next((tmp_path / "org2" / "ledger").glob("*.jsonl")).read_text()
+    assert ledger.count("this one added 1/sqrt(2) of it") == 1 + 2 + 1  # vector, rounds, bias
+    entries = [json.loads(line) for line in ledger.splitlines() if line.strip()]
+    (vector_entry,) = [e for e in entries
+                       if e["event"] == "reserve" and e["release_id"] == "fed-test/vector"]
+    assert vector_entry["noise_multiplier"] == pytest.approx(reports["org2"].noise_multiplier)
+    assert vector_entry["sample_rate"] == 1.0 and vector_entry["steps"] == 1
 
 
 def test_a_masked_federation_refuses_a_coordinator_that_closes_rounds_early(
@@ -275,3 +352,50 @@ def _stored_header(server, round_id):  # type: ignore[no-untyped-def]
         ckks_context_fingerprint=server.aggregator.store.get_meta("ckks_context_fingerprint"),
         vector_length=row.vector_length, num_ciphertexts=row.num_ciphertexts,
         payload_bytes=100, payload_sha256=bytes(32), kind=row.kind)
+
+
+def test_a_participant_that_drops_out_of_the_private_vector_round_is_recovered(
+    coordinator_factory, pki, tmp_path: Path, tiny_llama_dir: Path, shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The private vector's round is masked with its own round key: org3 stops there, and
+    org1 and org2 unmask exactly the sum of their two releases (weighted sums and counts),
+    then calibrate without it."""
+    import dataclasses
+
+    from participant.federation import Participant
+
+    inputs: dict[str, np.ndarray] = {}
+    outputs: dict[str, tuple[np.ndarray, int]] = {}
+    real_secure_mean = Participant.secure_mean
+
+    def secure_mean(self, round_id, values, **kwargs):  # type: ignore[no-untyped-def]
+        pid = self.config.participant_id
+        if round_id == "vector-weighted":
+            if pid == "org3":
+                raise RuntimeError("org3 drops out")
+            inputs[pid] = values.copy()
+            outputs[pid] = real_secure_mean(self, round_id, values, **kwargs)
+            return outputs[pid]
+        return real_secure_mean(self, round_id, values, **kwargs)
+
+    monkeypatch.setattr(Participant, "secure_mean", secure_mean)
+    server = coordinator_factory(roster=IDS, quorum=2, round_timeout_s=20.0)
+    configs = [dataclasses.replace(
+        c, privacy=dataclasses.replace(c.privacy, max_dropouts=1, vector_denoise="none"),
+        calibration=dataclasses.replace(c.calibration, rounds=1, label_bias="none"))
+        for c in _configs(server, pki, tmp_path, tiny_llama_dir, shared_data,
+                          vector_source="private")]
+    errors: list[tuple[str, BaseException]] = []
+    reports = _run_all(configs, failures=errors)
+    assert [(pid, str(exc)) for pid, exc in errors] == [("org3", "org3 drops out")]
+
+    expected = (inputs["org1"] + inputs["org2"]) / 2
+    assert np.abs(expected[:-1]).max() > 0.05  # releases well above the tolerance
+    for pid in ("org1", "org2"):
+        mean, count = outputs[pid]
+        assert count == 2
+        np.testing.assert_allclose(mean, expected, atol=5e-3, rtol=0)
+        report = reports[pid]
+        assert report.dropped_participants == ["org3"]
+        assert [r["contributions"] for r in report.rounds] == [2, 2]

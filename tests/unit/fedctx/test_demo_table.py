@@ -29,11 +29,13 @@ def test_table_names_the_vector_and_its_demonstrations(source: str, label: str, 
     assert text.splitlines()[-3].split()[:3] == ["org1", "256", demos]
 
 
-@pytest.mark.parametrize(("max_colluders", "max_dropouts"), [(-1, 0), (1, 0), (1, 1)])
+@pytest.mark.parametrize(("max_colluders", "max_dropouts", "vector_source"), [
+    (-1, 0, "auto"), (1, 0, "auto"), (1, 1, "auto"), (-1, 0, "private"), (1, 0, "private")])
 def test_demo_configs_pass_the_participants_checks_with_and_without_distributed_dp(
-        max_colluders: int, max_dropouts: int) -> None:
+        max_colluders: int, max_dropouts: int, vector_source: str) -> None:
     """``fedctx demo --max-colluders 1`` writes what a participant accepts: the same 48
-    DP-SGD steps, one masked ``global_adam`` round each."""
+    DP-SGD steps, one masked ``global_adam`` round each (and with ``--vector-source
+    private``, the record-weighted vector release distributed DP needs)."""
     from pathlib import Path
 
     from fedctx.demo import DemoOptions, participant_tables
@@ -41,11 +43,13 @@ def test_demo_configs_pass_the_participants_checks_with_and_without_distributed_
     from participant.config import ParticipantConfig, PrivacySettings
 
     tables = participant_tables(DemoOptions(max_colluders=max_colluders,
-                                            max_dropouts=max_dropouts))
+                                            max_dropouts=max_dropouts,
+                                            vector_source=vector_source))
     files = Path("unused")
     config = ParticipantConfig(
         participant_id="org1", coordinator="127.0.0.1:1", tls_cert=files, tls_key=files,
         tls_ca=files, state_dir=files, federation_id="f", model="smollm2-135m",
+        **tables["participant"],  # type: ignore[arg-type]
         privacy=PrivacySettings(**tables["participant.privacy"]),  # type: ignore[arg-type]
         calibration=CalibrationConfig(**tables["participant.calibration"]))  # type: ignore[arg-type]
     cal = config.calibration

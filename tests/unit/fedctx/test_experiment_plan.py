@@ -394,3 +394,11 @@ def test_distributed_noise_cells_name_their_collusion_bound(tmp_path) -> None:  
     assert describe(cell).endswith("up to 4 colluding and 1 dropping out)")
     privacy = Harness(dropouts, tmp_path)._distributed_noise(cell, participant).privacy
     assert (privacy.max_colluders, privacy.max_dropouts) == (4, 1)
+    # a private vector's cell releases the record-weighted sum (what distributed DP needs)
+    private = dataclasses.replace(grid, vector_sources=("private",))
+    (cell,) = [r for r in plan_runs(private)
+               if r.epsilon == 8.0 and r.noise_model == "distributed:4"]
+    config = Harness(private, tmp_path)._distributed_noise(
+        cell, dataclasses.replace(participant, vector_source="private"))
+    assert (config.vector_source, config.vector_weighting) == ("private", "records")
+    assert config.privacy.max_colluders == 4

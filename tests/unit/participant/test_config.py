@@ -126,7 +126,11 @@ def test_distributed_dp_refuses_releases_that_are_not_sums_of_equal_shares() -> 
                            update_weighting="precision"), "public", "uniform"),
         (CalibrationConfig(optimizer="global_adam", steps_per_round=1, batch_size=12,
                            clip_quantile=0.5), "public", "clip_quantile"),
-        (summable, "private", "vector_source 'private'"),
+        (summable, "private", "vector_weighting = 'records'"),
     ):
         with pytest.raises(ConfigError, match=match):
             _config(privacy=privacy, calibration=calibration, vector_source=vector_source)
+    # a private vector's release is a sum of equal shares when weighted by record count
+    weighted = _config(privacy=privacy, calibration=summable, vector_source="private",
+                       vector_weighting="records")
+    assert weighted.vector_source == "private"
