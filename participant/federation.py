@@ -5,7 +5,8 @@ Order of events (every release is reserved in the privacy ledger before it leave
    announced key and pins the protocol plan, the others fetch and open theirs (the
    coordinator relays bytes); everyone checks the model, layer map and plan;
 2. vector round (``vector_source="private"`` only): DP mean deviation from the public
-   reference, encrypted, summed by the coordinator, decrypted and averaged here;
+   reference (under distributed DP a masked, record-weighted sum), encrypted, summed by
+   the coordinator, decrypted and averaged here;
 3. calibration rounds: DP-SGD steps on local records, the coefficient update encrypted,
    summed, averaged; every participant restarts from the same global coefficients;
 4. evaluation with zero demonstrations: zero-shot, injected, calibrated.
