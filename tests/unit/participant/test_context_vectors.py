@@ -12,6 +12,7 @@ from participant.context_vectors import (
     PublicReference,
     aggregate_noise_variance,
     private_deviation_mean,
+    private_whitened_sum,
 )
 
 LAYERS, WIDTH = 3, 400
@@ -63,3 +64,21 @@ def test_aggregate_noise_variance_matches_simulated_releases(weighting: str) -> 
     # sample variance of WIDTH Gaussians: relative standard error sqrt(2 / WIDTH)
     tolerance = 5 * math.sqrt(2 / WIDTH)
     np.testing.assert_allclose(observed / expected, 1.0, atol=tolerance)
+
+
+def test_the_whitened_sum_is_the_mean_release_before_unwhitening_and_dividing() -> None:
+    """Distributed DP releases :func:`private_whitened_sum`: the same clipped records and
+    noise draw as the mean release, whitened, not divided; its noise std is the
+    multiplier times the clip in every coordinate."""
+    reference, clip, n = _reference(), 2.0, 5
+    acts = reference.vector + torch.randn(n, 2, LAYERS, WIDTH)
+    mean = private_deviation_mean(acts, reference, clip_norm=clip, noise_multiplier=0.7,
+                                  generator=torch.Generator().manual_seed(3))
+    whitened = private_whitened_sum(acts, reference, clip_norm=clip, noise_multiplier=0.7,
+                                    generator=torch.Generator().manual_seed(3))
+    scales = reference.block_scales.double()[:, None]
+    torch.testing.assert_close(whitened * scales / n, mean.reshape(2 * LAYERS, WIDTH))
+    noise = private_whitened_sum(reference.vector.expand(n, -1, -1, -1).clone(), reference,
+                                 clip_norm=clip, noise_multiplier=0.7,
+                                 generator=torch.Generator().manual_seed(4))
+    assert float(noise.std()) == pytest.approx(0.7 * clip, rel=0.03)  # 2,400 draws
